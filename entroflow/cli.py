@@ -1,0 +1,174 @@
+"""``entroflow`` command line: run, stages, runs, ui, deploy.
+
+Prefect and the flows are imported inside the commands, after the workspace is bootstrapped, so
+``--help`` is fast and Prefect reads the workspace's settings.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from entroflow import workspace
+from entroflow.config import ConfigError, check_stage_names, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Experiment pipeline for entropy-centred LLM research (Prefect + MLflow + Parquet).")
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_CONFIG = "configs/default.yaml"
+ConfigArg = Annotated[str, typer.Argument(help="YAML experiment config.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _validate(config: str, overrides: list[str], force: list[str] | None = None):
+    try:
+        cfg = load_config(config, overrides)
+        check_stage_names(force or [])
+        return cfg
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
+def run(
+    config: ConfigArg = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute this stage and everything downstream (repeatable).")] = None,
+) -> None:
+    """Run the pipeline end to end; finished stages come back Cached."""
+    overrides = set_ or []
+    cfg = _validate(config, overrides, force)  # bad input fails here, before anything is written
+    workspace.bootstrap()
+    from flows.pipeline import STAGE_NAMES, pipeline
+
+    state = pipeline(config_path=config, overrides=overrides, force=force or [], return_state=True)
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as e:  # the flow's own error, one line
+            _fail(f"run failed: {type(e).__name__}: {e}", code=1)
+        _fail(f"run ended in state {state.name}", code=1)
+    results = state.result()
+    t = Table(title=f"entroflow run: {cfg.name}")
+    for col in ("stage", "state", "seconds", "output"):
+        t.add_column(col)
+    for name in STAGE_NAMES:
+        if name in results:
+            r = results[name]
+            t.add_row(name, r["state"], f"{r['seconds']:.1f}", str(workspace.store_root() / r["ref"]["path"]))
+    console.print(t)
+    console.print(f"report: {results.get('report_path')}\nMLflow parent run: {results['mlflow_parent_run_id']} "
+                  f"(entroflow ui to browse)")
+
+
+@app.command()
+def stages(config: ConfigArg = DEFAULT_CONFIG, set_: SetOpt = None,
+           force: Annotated[list[str] | None, typer.Option("--force")] = None) -> None:
+    """Show the DAG and, per stage, whether the next run would be Cached and why."""
+    cfg = _validate(config, set_ or [], force)
+    workspace.bootstrap()
+    from flows.pipeline import DAG, plan
+
+    rows = plan(cfg, force or [])
+    parents = {n.stage.name: ", ".join(n.parents) or "-" for n in DAG}
+    t = Table(title=f"DAG of {cfg.name} (workspace {workspace.home()})")
+    for col in ("stage", "after", "next run", "key", "why"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        color = {"cached": "green", "run": "yellow"}.get(r["status"], "dim")
+        label = {"cached": "Cached", "run": "will run"}.get(r["status"], r["status"])
+        t.add_row(r["stage"], parents[r["stage"]], f"[{color}]{label}[/]", r["key"][:12], r["why"])
+    console.print(t)
+
+
+@app.command()
+def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10,
+         experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "entroflow") -> None:
+    """Recent pipeline runs with their key metrics (from MLflow)."""
+    workspace.bootstrap()
+    from entroflow import tracking
+
+    c = tracking.client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        _fail(f"no MLflow experiment '{experiment}' at {workspace.tracking_uri()} (run `entroflow run` first)", 1)
+    found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'pipeline'",
+                          order_by=["attributes.start_time DESC"], max_results=limit)
+    t = Table(title=f"entroflow runs ({workspace.tracking_uri()})")
+    for col in ("run", "started", "status", "config", "greedy", "sampled", "maj@k", "pass@k", "cached", "run id"):
+        t.add_column(col, overflow="fold")
+    import datetime as dt
+
+    for r in found:
+        m = r.data.metrics
+        maj = max((k for k in m if k.startswith("maj@") and "/" not in k), default=None, key=lambda k: int(k[4:]))
+        pk = max((k for k in m if k.startswith("pass@") and "/" not in k), default=None, key=lambda k: int(k[5:]))
+        fmt = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        t.add_row(r.info.run_name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
+                  r.info.status, r.data.tags.get("config_name", ""), fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
+                  f"{maj}={fmt(m.get(maj))}" if maj else "", f"{pk}={fmt(m.get(pk))}" if pk else "",
+                  str(int(m.get("stages_cached", 0))), r.info.run_id)
+    console.print(t)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
+       host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1") -> None:
+    """Serve the MLflow UI on this workspace's runs (Ctrl-C stops it)."""
+    workspace.bootstrap()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", workspace.tracking_uri(),
+           "--default-artifact-root", workspace.mlflow_artifacts().as_uri(), "--host", host, "--port", str(port),
+           "--workers", "1"]
+    console.print(f"MLflow UI for {workspace.home()} at http://{host}:{port}", highlight=False)
+    proc = subprocess.Popen(cmd)
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+@app.command()
+def deploy(
+    config: ConfigArg = DEFAULT_CONFIG,
+    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *' for 02:00 nightly.")] = "0 2 * * *",
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name (default: the config's name).")] = None,
+) -> None:
+    """Serve a scheduled deployment of the pipeline (flow.serve); runs until stopped.
+
+    Needs a Prefect server that outlives this process: set PREFECT_API_URL (e.g. after
+    `prefect server start`)."""
+    cfg = _validate(config, set_ or [])
+    workspace.bootstrap()
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("deploy needs a Prefect server: run `prefect server start` and export "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api (the ephemeral server has no scheduler)")
+    from prefect.schedules import Cron
+
+    from flows.pipeline import pipeline
+
+    try:
+        Cron(cron)
+    except Exception as e:
+        _fail(f"--cron {cron!r}: not a valid cron expression ({e})")
+    pipeline.serve(name=name or cfg.name, schedules=[Cron(cron)],
+                   parameters={"config_path": str(Path(config).resolve()), "overrides": set_ or [], "force": []})
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,227 @@
+"""Experiment configs: YAML files validated by pydantic, with ``--set section.key=value`` overrides.
+
+Every mistake (unknown key, wrong type, out-of-range value, missing file) becomes one
+:class:`ConfigError` line naming the file and the dotted key, before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+# The spine's stages in DAG order. flows/pipeline.py checks that its DAG matches, so the CLI can
+# validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
+PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "rollout", "evaluate", "report")
+
+
+def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force") -> None:
+    unknown = [s for s in names if s not in PIPELINE_STAGES]
+    if unknown:
+        raise ConfigError(f"{flag} {unknown[0]}: unknown stage (stages: {', '.join(PIPELINE_STAGES)})")
+
+
+class ConfigError(ValueError):
+    """A bad config; its message is one line naming the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LevelCfg(Strict):
+    operands: int = Field(ge=2, le=6)
+    digits: int = Field(ge=1, le=4)
+
+
+class ReasoningDataCfg(Strict):
+    levels: list[LevelCfg] = Field(min_length=1)
+    n_train: int = Field(ge=1)
+    n_test: int = Field(ge=1)
+    ops: str = Field(default="+-", pattern=r"^[+\-]+$")
+    direct_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class CorpusDataCfg(Strict):
+    n_sentences: int = Field(ge=0)
+    n_test: int = Field(default=200, ge=0)
+
+
+class KGDataCfg(Strict):
+    enabled: bool = True
+    n_persons: int = Field(default=120, ge=4)
+    n_cities: int = Field(default=30, ge=2)
+    n_countries: int = Field(default=8, ge=2)
+    n_orgs: int = Field(default=20, ge=2)
+
+
+class OODDataCfg(Strict):
+    n_per_suite: int = Field(default=100, ge=1)
+
+
+class ExternalDataCfg(Strict):
+    """A real reasoning dataset in its usual JSONL/Parquet format, read from a local path."""
+
+    path: Path
+    format: Literal["gsm8k", "math"]
+    split: str = "test"
+
+    @model_validator(mode="after")
+    def _exists(self):
+        if not self.path.exists():
+            raise ValueError(f"path does not exist: {self.path}")
+        return self
+
+
+class DataCfg(Strict):
+    reasoning: ReasoningDataCfg
+    corpus: CorpusDataCfg
+    kg: KGDataCfg = KGDataCfg()
+    ood: OODDataCfg = OODDataCfg()
+    external: ExternalDataCfg | None = None
+
+
+class TokenizerCfg(Strict):
+    vocab_size: int = Field(default=512, ge=32, le=65536)
+
+
+class ModelCfg(Strict):
+    source: Literal["scratch", "pretrained"] = "scratch"
+    path: Path | None = None  # a local Hugging Face model directory when source = pretrained
+    hidden_size: int = Field(default=128, ge=8)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    intermediate_size: int = Field(default=512, ge=8)
+    max_positions: int = Field(default=128, ge=16)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "pretrained":
+            if self.path is None:
+                raise ValueError("source 'pretrained' needs model.path")
+            if not (self.path / "config.json").exists():
+                raise ValueError(f"no Hugging Face model (config.json) at {self.path}")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+        return self
+
+
+class MixCfg(Strict):
+    reasoning: float = Field(default=0.8, ge=0)
+    corpus: float = Field(default=0.15, ge=0)
+    kg: float = Field(default=0.05, ge=0)
+
+
+class PretrainCfg(Strict):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=2e-3, gt=0, le=1)
+    warmup: int = Field(default=100, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    mix: MixCfg = MixCfg()
+
+
+class RolloutCfg(Strict):
+    split: Literal["train", "test"] = "test"
+    n_prompts: int | None = Field(default=None, ge=1)  # None: the whole split
+    n_samples: int = Field(default=8, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    max_new_tokens: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+
+
+class EvaluateCfg(Strict):
+    ks: list[int] = Field(default=[1, 4, 8], min_length=1)
+
+    @model_validator(mode="after")
+    def _ks(self):
+        if any(k < 1 for k in self.ks):
+            raise ValueError("every k must be >= 1")
+        return self
+
+
+class ReportCfg(Strict):
+    title: str = "entroflow run"
+
+
+class PipelineConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    experiment: str = "entroflow"
+    seed: int = 0
+    data: DataCfg
+    tokenizer: TokenizerCfg = TokenizerCfg()
+    model: ModelCfg = ModelCfg()
+    pretrain: PretrainCfg
+    rollout: RolloutCfg = RolloutCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+    report: ReportCfg = ReportCfg()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if max(self.evaluate.ks) > self.rollout.n_samples:
+            raise ValueError(
+                f"evaluate.ks has k={max(self.evaluate.ks)} > rollout.n_samples={self.rollout.n_samples}"
+            )
+        return self
+
+
+def _set_dotted(raw: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {} if node.get(k) is None else node[k]
+            if not isinstance(node[k], dict):
+                raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, value = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    overridden = set()
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+        overridden.add(key)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        src = f"{path} (--set {loc})" if loc in overridden else str(path)
+        if err["type"] == "extra_forbidden":
+            msg = f"{src}: unknown key '{loc}'"
+        elif err["type"] == "missing":
+            msg = f"{src}: missing required key '{loc}'"
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            msg = f"{src}: {loc or 'config'}: {err['msg']}{got_s}"
+        more = len(e.errors()) - 1
+        raise ConfigError(msg + (f" [+{more} more]" if more else "")) from None

@@ -1,0 +1,1 @@
+"""Synthetic world generators and real-dataset loaders. Each module declares its Arrow schema."""

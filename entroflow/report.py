@@ -1,0 +1,137 @@
+"""Run report: a Markdown summary and PNG plots (matplotlib, Agg backend).
+
+Everything in the report is read from stage outputs (manifests, metrics, Parquet); nothing is
+computed here that a stage did not measure, so the report cannot disagree with MLflow.
+"""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+TARGET_WINDOW = (0.25, 0.70)  # greedy accuracy window the base model should land in (room for RL)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def plot_loss(history: Path, out: Path) -> Path | None:
+    if not history.exists():
+        return None
+    h = pq.read_table(history).to_pydict()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(h["step"], h["loss"], lw=1.2)
+    ax.set_xlabel("step"), ax.set_ylabel("training loss (nats/token)"), ax.set_yscale("log")
+    ax.set_title("Base model pretraining")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
+    return out
+
+
+def per_level_accuracy(evaluation: pa.Table, kmax: int) -> dict[int, dict[str, float]]:
+    """Greedy, sampled (mean over samples) and majority-of-kmax accuracy per difficulty level."""
+    rows = evaluation.to_pylist()
+    by = collections.defaultdict(lambda: {"greedy": [], "sampled": [], "groups": collections.defaultdict(list)})
+    for r in rows:
+        b = by[r["level"]]
+        if r["decoding"] == "greedy":
+            b["greedy"].append(r["correct"])
+        else:
+            b["sampled"].append(r["correct"])
+            if r["sample_idx"] < kmax:
+                b["groups"][r["prompt_id"]].append((r["answer"], r["gold"]))
+    out = {}
+    for level, b in sorted(by.items()):
+        maj = []
+        for samples in b["groups"].values():
+            answers = [a for a, _ in samples if a is not None]
+            top = collections.Counter(answers).most_common(1)
+            maj.append(bool(top) and top[0][0] == samples[0][1])
+        out[level] = {
+            "n": len(b["greedy"]) or len(b["groups"]),
+            "greedy": sum(b["greedy"]) / max(1, len(b["greedy"])),
+            "sampled": sum(b["sampled"]) / max(1, len(b["sampled"])),
+            f"maj@{kmax}": sum(maj) / max(1, len(maj)),
+        }
+    return out
+
+
+def plot_levels(levels: dict[int, dict[str, float]], labels: dict[int, str], out: Path) -> Path:
+    keys = [k for k in next(iter(levels.values())) if k != "n"]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / len(keys)
+    xs = list(levels)
+    for i, k in enumerate(keys):
+        ax.bar([x + i * width for x in range(len(xs))], [100 * levels[x][k] for x in xs], width, label=k)
+    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(xs))], [labels.get(x, str(x)) for x in xs])
+    ax.set_ylabel("accuracy (%)"), ax.set_ylim(0, 100), ax.legend(), ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accuracy by difficulty level")
+    fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
+    return out
+
+
+def plot_entropy(rollouts: pa.Table, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for dec in ("greedy", "sampled"):
+        t = rollouts.filter(pa.compute.equal(rollouts["decoding"], dec))
+        vals = pa.compute.list_flatten(t["entropies"]).to_numpy(zero_copy_only=False)
+        if len(vals):
+            ax.hist(vals, bins=50, alpha=0.55, density=True, label=f"{dec} ({len(vals)} tokens)")
+    ax.set_xlabel("token entropy of the sampling distribution (nats)"), ax.set_ylabel("density")
+    ax.set_yscale("log"), ax.legend(), ax.set_title("Per-token entropy")
+    fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
+    return out
+
+
+def render(ctx: dict) -> str:
+    """Markdown for one run. ``ctx`` holds the parents' manifests and the derived tables."""
+    ev = ctx["evaluate"]["metrics"]
+    kmax = ctx["kmax"]
+    greedy, maj, sampled = ev.get("greedy_acc"), ev.get(f"maj@{kmax}"), ev.get("sampled_acc")
+    lo, hi = TARGET_WINDOW
+    lines = [f"# {ctx['title']}: `{ctx['name']}`", ""]
+    lines += [f"- config hash `{ctx['config_hash'][:12]}`, git `{ctx['git_commit'][:12]}`, "
+              f"created {ctx['created']}", ""]
+    lines += ["## Stages", "", "| stage | key | rows | duration (s) |", "|---|---|---|---|"]
+    for s in ctx["stages"]:
+        lines.append(f"| {s['stage']} | `{s['key'][:12]}` | {s.get('rows') or ''} | {s['duration_s']:.1f} |")
+    pm = ctx["pretrain_base"]["metrics"]
+    if pm.get("parameters"):
+        lines += ["", "## Base model", "",
+                  f"Qwen2, {int(pm['parameters']):,} parameters, trained from scratch: final loss "
+                  f"{pm['final_loss']:.4f}, {pm['train_seconds']:.0f} s at {pm['tokens_per_s']:,.0f} tokens/s.",
+                  "", "![loss](loss.png)"]
+    lines += ["", "## Evaluation (held-out test split)", "",
+              "| metric | value |", "|---|---|"]
+    for k in ("greedy_acc", "sampled_acc", *[f"avg@{k}" for k in ctx["ks"]], *[f"pass@{k}" for k in ctx["ks"]],
+              *[f"maj@{k}" for k in ctx["ks"]], "parse_rate", "mean_token_entropy", "mean_length",
+              "greedy_direct_fraction", "sampled_direct_fraction"):
+        if k in ev:
+            v = ev[k]
+            lines.append(f"| {k} | {_pct(v) if 'entropy' not in k and 'length' not in k else f'{v:.3f}'} |")
+    lines += ["", f"Sampling: T={ctx['temperature']}, top_p={ctx['top_p']}, top_k={ctx['top_k']}, "
+              f"{ctx['n_samples']} samples per prompt; greedy is argmax decoding.", ""]
+    lines += ["### Per difficulty level", "", "| level | n | greedy | sampled | maj@%d |" % kmax, "|---|---|---|---|---|"]
+    for level, v in ctx["levels"].items():
+        lines.append(f"| {ctx['level_labels'].get(level, level)} | {v['n']} | {_pct(v['greedy'])} | "
+                     f"{_pct(v['sampled'])} | {_pct(v[f'maj@{kmax}'])} |")
+    lines += ["", "![levels](levels.png)", "", "![entropy](entropy.png)", "", "## Targets", ""]
+    if greedy is not None:
+        inside = lo <= greedy <= hi
+        lines.append(f"- Greedy accuracy {_pct(greedy)} is {'inside' if inside else 'OUTSIDE'} the "
+                     f"{_pct(lo)}-{_pct(hi)} window that leaves room for RL.")
+    if greedy is not None and maj is not None:
+        gain = maj - greedy
+        lines.append(f"- Self-consistency: maj@{kmax} {_pct(maj)} vs greedy {_pct(greedy)}: "
+                     f"{'+' if gain >= 0 else ''}{100 * gain:.1f} points "
+                     f"({'a gain, as real LLMs show' if gain > 0 else 'NO gain'}).")
+    if sampled is not None:
+        lines.append(f"- Sampled (T={ctx['temperature']}) accuracy {_pct(sampled)}.")
+    return "\n".join(lines) + "\n"

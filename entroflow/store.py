@@ -1,0 +1,172 @@
+"""Content-checked, atomically written stage outputs.
+
+Layout: ``<store>/<stage>/<key>/`` holds a stage's files plus ``manifest.json`` (digest, rows,
+schema, config, parents, code version, provenance, metrics, created). ``key`` is the stage's
+cache key (a hash of everything that determines the output), so the path is addressed by the
+content of its inputs, as in Nix or Bazel; ``digest`` is the sha256 of the output files themselves.
+
+Writes go to ``<store>/.tmp/<stage>-<uuid>/`` and become visible in one ``os.rename``; a process
+killed mid-stage leaves only a temp dir, which no reader looks at and :meth:`Store.clean_tmp`
+removes. A reader always re-hashes the files before trusting them, so a truncated or edited
+output is reported as corrupt and the stage recomputes instead of returning bad data.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactRef(BaseModel):
+    """The small JSON-able handle a stage returns instead of a model or a table."""
+
+    stage: str
+    key: str
+    path: str  # relative to the store root, so a workspace can move
+    digest: str
+    rows: int | None = None
+    schema_: dict[str, str] | None = None  # column -> Arrow type of the stage's main table
+    files: list[str] = []
+
+    model_config = {"populate_by_name": True}
+
+
+def dir_digest(root: Path) -> str:
+    """sha256 over (relative path, file sha256) of every file except the manifest."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(root).as_posix()
+            fh = hashlib.sha256()
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    fh.update(chunk)
+            h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet file, checking it against ``schema`` when given."""
+    t = pq.read_table(path)
+    if schema is not None and not t.schema.equals(schema, check_metadata=False):
+        raise ValueError(f"{path}: schema does not match the declared one:\n{t.schema}\nexpected\n{schema}")
+    return t
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def resolve(self, ref: ArtifactRef | dict) -> Path:
+        ref = ArtifactRef.model_validate(ref)
+        return self.root / ref.path
+
+    def lookup(self, stage: str, key: str) -> tuple[ArtifactRef | None, str]:
+        """The verified output at ``key``, or None and the reason it is not usable."""
+        d = self.path(stage, key)
+        if not d.is_dir():
+            return None, "no output for this key"
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None, "manifest missing or unreadable"
+        digest = dir_digest(d)
+        if digest != manifest.get("digest"):
+            return None, f"output corrupted (digest {digest[:12]} != manifest {str(manifest.get('digest'))[:12]})"
+        return ArtifactRef.model_validate(manifest["ref"]), "output verified"
+
+    def manifest(self, ref: ArtifactRef | dict) -> dict:
+        return json.loads((self.resolve(ref) / MANIFEST).read_text())
+
+    def latest_manifest(self, stage: str) -> dict | None:
+        """The manifest of the stage's most recent commit (to explain why a key changed)."""
+        p = self.root / stage / "LATEST"
+        if not p.exists():
+            return None
+        try:
+            return json.loads((self.root / stage / p.read_text().strip() / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+
+    @contextmanager
+    def staging(self, stage: str):
+        """A fresh temp dir for a stage to write into; removed if the body raises."""
+        tmp = self.root / ".tmp" / f"{stage}-{uuid.uuid4().hex[:12]}-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, tmp: Path, stage: str, key: str, main_table: str | None, manifest: dict) -> ArtifactRef:
+        """Seal ``tmp`` (digest + manifest) and move it to ``<stage>/<key>`` in one rename."""
+        rows = schema = None
+        if main_table:
+            meta = pq.read_metadata(tmp / main_table)
+            rows = meta.num_rows
+            schema = {f.name: str(f.type) for f in meta.schema.to_arrow_schema()}
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        ref = ArtifactRef(stage=stage, key=key, path=f"{stage}/{key}", digest=dir_digest(tmp),
+                          rows=rows, schema_=schema, files=files)
+        manifest = {"stage": stage, "key": key, **manifest, "ref": ref.model_dump(), "digest": ref.digest, "rows": rows,
+                    "schema": schema, "created": dt.datetime.now(dt.timezone.utc).isoformat()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a forced or corrupted rerun replaces the old output
+            trash = self.root / ".tmp" / f"trash-{uuid.uuid4().hex[:12]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        latest_tmp = final.parent / f".LATEST.{uuid.uuid4().hex[:8]}"
+        latest_tmp.write_text(key)
+        os.replace(latest_tmp, final.parent / "LATEST")
+        return ref
+
+    def clean_tmp(self, older_than_s: float = 0.0) -> int:
+        """Remove temp dirs left by killed runs whose process is gone; returns how many."""
+        n = 0
+        tmp_root = self.root / ".tmp"
+        if not tmp_root.exists():
+            return 0
+        for d in tmp_root.iterdir():
+            pid = d.name.rsplit("-", 1)[-1]
+            alive = pid.isdigit() and _pid_alive(int(pid))
+            if not alive and time.time() - d.stat().st_mtime >= older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,169 @@
+"""The stage contract: a core function wrapped as a cached, retried Prefect task.
+
+A stage body is a plain function ``body(out, config, parents)``: it reads its parents' output
+directories, writes files into ``out.dir`` (a staging dir) and records metrics on ``out``. The
+wrapper adds what every stage needs:
+
+* cache key = sha256(stage name, canonical JSON of its config section, parents' digests, code
+  version of the modules it runs) -- computed by :meth:`Stage.key`, used by Prefect's cache and as
+  the store path;
+* the store short-cut: a verified output already at the key is returned without running (so a lost
+  Prefect cache record never forces recomputation, and a corrupted output never survives);
+* atomic commit with a manifest (config, parents, code version, git commit, package versions,
+  metrics, timings);
+* retries for transient errors, none for errors that would fail again (bad data, NaN loss).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pyarrow as pa
+from prefect import task
+
+from entroflow import provenance, workspace
+from entroflow.store import ArtifactRef, Store, write_table
+
+FAILPOINT_ENV = "ENTROFLOW_FAILPOINT"
+_failpoints_fired: set[str] = set()
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ``ENTROFLOW_FAILPOINT`` test hook to simulate a crash mid-stage."""
+
+
+class PermanentStageError(RuntimeError):
+    """An error that a retry cannot fix."""
+
+
+PERMANENT = (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError,
+             PermanentStageError)
+
+
+class StageOutput:
+    """What a stage body writes into."""
+
+    def __init__(self, dir: Path):
+        self.dir = dir
+        self.metrics: dict[str, float] = {}
+        self.history: list[dict] = []  # step-wise metrics: {"step": int, name: value, ...}
+
+    def table(self, name: str, table: pa.Table) -> Path:
+        path = self.dir / f"{name}.parquet"
+        write_table(table, path)
+        return path
+
+    def log(self, **metrics: float) -> None:
+        self.metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def log_step(self, step: int, **metrics: float) -> None:
+        self.history.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
+
+    def flush(self) -> None:
+        (self.dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        if self.history:
+            keys = sorted({k for r in self.history for k in r} - {"step"})
+            cols = {"step": pa.array([r["step"] for r in self.history], pa.int64())}
+            for k in keys:
+                cols[k] = pa.array([r.get(k) for r in self.history], pa.float64())
+            write_table(pa.table(cols), self.dir / "history.parquet")
+
+
+def _failpoint(stage: str) -> None:
+    """Test hook: ``ENTROFLOW_FAILPOINT=stage`` crashes the stage after it wrote its files and
+    before the commit; ``stage:once`` crashes only the first attempt in this process (a transient
+    error that the task retry absorbs)."""
+    spec = os.environ.get(FAILPOINT_ENV, "")
+    for item in filter(None, spec.split(",")):
+        name, _, mode = item.partition(":")
+        if name != stage:
+            continue
+        if mode == "once":
+            if stage in _failpoints_fired:
+                return
+            _failpoints_fired.add(stage)
+            raise InjectedFault(f"injected transient fault in stage '{stage}'")
+        raise PermanentStageError(f"injected fault in stage '{stage}' ({FAILPOINT_ENV})")
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except PERMANENT:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _cache_key(ctx, params) -> str:
+    return params["key"]
+
+
+@dataclass
+class Stage:
+    name: str
+    body: Callable[[StageOutput, dict, dict[str, Path]], None]
+    code: list[ModuleType | str | Path]
+    main_table: str | None
+    task: object = field(repr=False, default=None)
+
+    @property
+    def code_version(self) -> str:
+        return provenance.code_version(self.code)
+
+    def key(self, config: dict, parents: dict[str, dict]) -> str:
+        digests = {k: ArtifactRef.model_validate(v).digest for k, v in sorted(parents.items())}
+        return provenance.sha256_text(provenance.canonical_json(
+            {"stage": self.name, "config": config, "parents": digests, "code": self.code_version}
+        ))[:24]
+
+    def execute(self, key: str, config: dict, parents: dict[str, dict], force: bool = False) -> dict:
+        """Run (or reuse) the stage and return its ArtifactRef as a dict. Runs inside the task."""
+        store = Store(workspace.store_root())
+        if not force:
+            ref, _ = store.lookup(self.name, key)
+            if ref is not None:
+                return {**ref.model_dump(), "reused": True}
+        store.clean_tmp()
+        parent_dirs = {k: store.resolve(v) for k, v in parents.items()}
+        t0 = time.time()
+        with store.staging(self.name) as tmp:
+            out = StageOutput(tmp)
+            self.body(out, config, parent_dirs)
+            out.flush()
+            _failpoint(self.name)
+            manifest = {
+                "stage": self.name, "key": key, "config": config,
+                "parents": {k: {"stage": v["stage"], "key": v["key"], "digest": v["digest"]}
+                            for k, v in parents.items()},
+                "code_version": self.code_version, "git_commit": provenance.git_commit(),
+                "packages": provenance.package_versions(), "metrics": out.metrics,
+                "duration_s": round(time.time() - t0, 3),
+            }
+            ref = store.commit(tmp, self.name, key, self.main_table, manifest)
+        return {**ref.model_dump(), "reused": False}
+
+
+def stage(name: str, code: list, main_table: str | None = None, retries: int = 2):
+    """Declare a stage: ``@stage("rollout", code=[entroflow.rollout])`` over a body function."""
+
+    def deco(body):
+        s = Stage(name=name, body=body, code=[*code, body.__globals__["__file__"]],
+                  main_table=main_table)
+
+        @task(name=name, task_run_name=name, cache_key_fn=_cache_key, persist_result=True,
+              result_serializer="json", retries=retries, retry_delay_seconds=1,
+              retry_condition_fn=_retry_transient, cache_result_in_memory=False)
+        def run(key: str, config: dict, parents: dict[str, dict], force: bool = False) -> dict:
+            return s.execute(key, config, parents, force)
+
+        s.task = run
+        return s
+
+    return deco

@@ -1,0 +1,51 @@
+"""Stage ``generate_data``: the seeded synthetic world (and an optional real dataset) as Parquet."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from entroflow.data import grammar, kg, loaders, ood, reasoning
+from tasks._stage import StageOutput, stage
+
+
+@stage("generate_data", code=[reasoning, grammar, kg, ood, loaders], main_table="reasoning.parquet")
+def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
+    seed, data = config["seed"], config["data"]
+    r = data["reasoning"]
+    levels = [reasoning.Level(lv["operands"], lv["digits"]) for lv in r["levels"]]
+    problems = reasoning.generate(levels, r["n_train"], r["n_test"], r["ops"], r["direct_fraction"], seed)
+    out.table("reasoning", problems)
+    out.log(reasoning_train=r["n_train"], reasoning_test=r["n_test"], levels=len(levels))
+
+    grammar_table = None
+    if data["corpus"]["n_sentences"] > 0:
+        grammar_table = grammar.generate(data["corpus"]["n_sentences"], seed + 1, data["corpus"]["n_test"])
+        out.table("corpus", grammar_table)
+        stats = grammar.sentence_entropy_stats(grammar_table)
+        out.log(corpus_sentences=grammar_table.num_rows,
+                **{f"corpus_{k}": v for k, v in stats.items()})
+
+    kg_tables = None
+    if data["kg"]["enabled"]:
+        k = data["kg"]
+        kg_tables = kg.generate(k["n_persons"], k["n_cities"], k["n_countries"], k["n_orgs"], seed + 2)
+        for name, table in kg_tables.items():
+            out.table(f"kg_{name}", table)
+        violations = kg.check_rules(kg_tables)
+        if violations:
+            raise ValueError(f"knowledge graph breaks its rules: {violations[0]}")
+        out.log(kg_triples=kg_tables["triples"].num_rows, kg_facts=kg_tables["facts"].num_rows)
+
+    ood_table = ood.generate(seed + 3, data["ood"]["n_per_suite"], levels, grammar_table, kg_tables)
+    out.table("ood", ood_table)
+    out.log(ood_prompts=ood_table.num_rows)
+
+    ext = data.get("external")
+    if ext:
+        load = loaders.load_gsm8k if ext["format"] == "gsm8k" else loaders.load_math
+        table = load(ext["path"], ext["split"])
+        out.table("external", table)
+        out.log(external_rows=table.num_rows)
+    (out.dir / "world.json").write_text(json.dumps(
+        {"answer_format": ext["format"] if ext else "synthetic",
+         "eval_table": "external" if ext else "reasoning"}, indent=2))

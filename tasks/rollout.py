@@ -1,0 +1,49 @@
+"""Stage ``rollout``: greedy and sampled completions of the evaluation prompts (Parquet)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from entroflow import model as model_lib
+from entroflow import rollout as rollout_lib
+from entroflow.progress import progress_bar
+from tasks._stage import StageOutput, stage
+
+
+def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table:
+    """The prompts a run evaluates: the synthetic split, or the external dataset when configured."""
+    world = json.loads((data_dir / "world.json").read_text())
+    table = pq.read_table(data_dir / f"{world['eval_table']}.parquet")
+    table = table.filter(pa.compute.equal(table["split"], split)) if world["eval_table"] == "reasoning" else table
+    return table.slice(0, n_prompts) if n_prompts else table
+
+
+@stage("rollout", code=[rollout_lib, model_lib], main_table="rollouts.parquet")
+def rollout(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
+    rc, seed = config["rollout"], config["seed"]
+    model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["pretrain_base"]))
+    problems = eval_problems(parents["generate_data"], rc["split"], rc["n_prompts"])
+    prompts, ids = problems["prompt"].to_pylist(), problems["id"].to_pylist()
+    engine = rollout_lib.HFRolloutEngine(model, tokenizer, batch_size=rc["batch_size"])
+    decodings = {
+        "greedy": rollout_lib.SamplingParams(n=1, temperature=0.0, top_p=1.0, top_k=0,
+                                             max_new_tokens=rc["max_new_tokens"], seed=seed),
+        "sampled": rollout_lib.SamplingParams(n=rc["n_samples"], temperature=rc["temperature"],
+                                              top_p=rc["top_p"], top_k=rc["top_k"],
+                                              max_new_tokens=rc["max_new_tokens"], seed=seed),
+    }
+    tables = []
+    for name, params in decodings.items():
+        with progress_bar(f"rollout {name}", total=len(prompts) * params.n, unit="seq") as advance:
+            t = engine.generate(prompts, ids, params, progress=advance)
+        tables.append(t.append_column("decoding", pa.array([name] * t.num_rows, pa.string())))
+        out.log(**{f"{name}_tokens_per_s": engine.tokens_per_second})
+    table = pa.concat_tables(tables)
+    out.table("rollouts", table)
+    n_tok = pa.compute.sum(table["n_tokens"]).as_py()
+    out.log(completions=table.num_rows, prompts=len(prompts), generated_tokens=n_tok,
+            mean_length=n_tok / max(1, table.num_rows),
+            length_clip_ratio=pa.compute.mean(pa.compute.equal(table["finish_reason"], "length")).as_py())
