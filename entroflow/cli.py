@@ -109,19 +109,20 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10
     found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'pipeline'",
                           order_by=["attributes.start_time DESC"], max_results=limit)
     t = Table(title=f"entroflow runs ({workspace.tracking_uri()})")
-    for col in ("run", "started", "status", "config", "greedy", "sampled", "maj@k", "pass@k", "cached", "run id"):
-        t.add_column(col, overflow="fold")
+    for col in ("run", "started", "status", "greedy", "sampled", "maj@k", "pass@k", "cached", "run id"):
+        t.add_column(col, overflow="fold", no_wrap=col != "run")
     import datetime as dt
 
     for r in found:
         m = r.data.metrics
-        maj = max((k for k in m if k.startswith("maj@") and "/" not in k), default=None, key=lambda k: int(k[4:]))
-        pk = max((k for k in m if k.startswith("pass@") and "/" not in k), default=None, key=lambda k: int(k[5:]))
+        maj = max((k for k in m if k.startswith("maj_at_") and "/" not in k), default=None, key=lambda k: int(k[7:]))
+        pk = max((k for k in m if k.startswith("pass_at_") and "/" not in k), default=None, key=lambda k: int(k[8:]))
         fmt = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        t.add_row(r.info.run_name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
-                  r.info.status, r.data.tags.get("config_name", ""), fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
-                  f"{maj}={fmt(m.get(maj))}" if maj else "", f"{pk}={fmt(m.get(pk))}" if pk else "",
-                  str(int(m.get("stages_cached", 0))), r.info.run_id)
+        t.add_row(r.info.run_name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%m-%d %H:%M"),
+                  r.info.status, fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
+                  f"{maj.replace('_at_', '@')}={fmt(m.get(maj))}" if maj else "",
+                  f"{pk.replace('_at_', '@')}={fmt(m.get(pk))}" if pk else "",
+                  str(int(m.get("stages_cached", 0))), r.info.run_id[:8])
     console.print(t)
 
 

@@ -20,6 +20,11 @@ MAX_ARTIFACT_BYTES = 50 * 2**20  # bigger files (real checkpoints) are reference
 PIPELINE_TAG = "entroflow.kind"
 
 
+def metric_key(name: str) -> str:
+    """MLflow metric names allow no '@': ``pass@8`` is logged as ``pass_at_8``."""
+    return name.replace("@", "_at_")
+
+
 def client() -> MlflowClient:
     return MlflowClient(tracking_uri=workspace.tracking_uri())
 
@@ -87,12 +92,12 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
     rid = run.info.run_id
     _log_params(c, rid, flatten(manifest["config"]))
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in manifest["metrics"].items()]
+    ms = [Metric(metric_key(k), float(v), now, 0) for k, v in manifest["metrics"].items()]
     ms.append(Metric("duration_s", float(manifest["duration_s"]), now, 0))
     hist = stage_dir / "history.parquet"
     if hist.exists():
         for row in pq.read_table(hist).to_pylist():
-            ms += [Metric(f"step/{k}", float(v), now, int(row["step"]))
+            ms += [Metric(metric_key(f"step/{k}"), float(v), now, int(row["step"]))
                    for k, v in row.items() if k != "step" and v is not None]
     _log_metrics(c, rid, ms)
     for p in sorted(stage_dir.rglob("*")):
@@ -109,5 +114,5 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
 
 def finish_parent(c: MlflowClient, run_id: str, status: str, metrics: dict[str, float]) -> None:
     now = int(time.time() * 1000)
-    _log_metrics(c, run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    _log_metrics(c, run_id, [Metric(metric_key(k), float(v), now, 0) for k, v in metrics.items()])
     c.set_terminated(run_id, status)

@@ -105,11 +105,15 @@ def generate(
             test_prompts.add(prompt)
             rows.append(_row(f"test-{len(rows):06d}", "test", li, level, prompt, sol, sol, "worked", ans))
     n_test_rows = len(rows)
-    i = 0
+    i = rejected = 0
     while i < n_train:
         li = i % len(levels)
         prompt, sol, ans = make_problem(rng, levels[li], ops)
         if prompt in test_prompts:
+            rejected += 1
+            if rejected > 100 * (i + 1000):  # the test split has taken (nearly) every problem
+                raise ValueError(f"level {li} ({levels[li].operands} operands, {levels[li].digits} digits) "
+                                 f"has no problems left for training after n_test={n_test}")
             continue
         direct = rng.random() < direct_fraction
         completion = f"#{ans}" if direct else sol

@@ -1,0 +1,1 @@
+"""RL-stage math: policy-gradient objectives, entropy rewards/losses and EM-INF decoding."""

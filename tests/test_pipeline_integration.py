@@ -1,0 +1,271 @@
+"""The smoke DAG through a real Prefect server and a real MLflow SQLite store.
+
+The tests in this module share one workspace and run in order: the first run computes every
+stage; later tests rerun, corrupt, fail and force stages against it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+STAGES = ["generate_data", "build_tokenizer", "pretrain_base", "rollout", "evaluate", "report"]
+
+
+@pytest.fixture(scope="module")
+def ws(prefect_server, mlflow_template, tmp_path_factory):
+    """One workspace for the module, with a copied pre-migrated MLflow DB."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("ws") / "home"
+    home.mkdir()
+    shutil.copy(mlflow_template, home / "mlflow.db")
+    old = {k: os.environ.get(k) for k in ("ENTROFLOW_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["ENTROFLOW_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    yield home
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def run_pipeline(overrides=(), force=(), failpoint=None):
+    from flows.pipeline import pipeline
+
+    if failpoint:
+        os.environ["ENTROFLOW_FAILPOINT"] = failpoint
+    try:
+        state = pipeline(config_path=SMOKE, overrides=list(overrides), force=list(force), return_state=True)
+    finally:
+        os.environ.pop("ENTROFLOW_FAILPOINT", None)
+    return state
+
+
+def states(results) -> dict[str, str]:
+    return {s: results[s]["state"] for s in STAGES if s in results}
+
+
+def test_smoke_dag_end_to_end(ws):
+    t0 = time.time()
+    state = run_pipeline()
+    assert state.is_completed(), state
+    results = state.result()
+    assert states(results) == {s: "Completed" for s in STAGES}
+    print(f"smoke DAG first run: {time.time() - t0:.1f} s")
+    report = Path(results["report_path"])
+    assert report.exists() and "greedy_acc" in report.read_text()
+    assert (report.parent / "levels.png").stat().st_size > 1000
+
+
+def test_parquet_outputs_match_declared_schemas(ws):
+    from entroflow.data import grammar, kg, ood, reasoning
+    from entroflow.rollout import SCHEMA as ROLLOUT_SCHEMA
+    from entroflow.store import Store, read_table
+    from tasks.evaluate import SCHEMA as EVAL_SCHEMA
+
+    store = Store(ws / "store")
+    expected = {
+        ("generate_data", "reasoning.parquet"): reasoning.SCHEMA,
+        ("generate_data", "corpus.parquet"): grammar.SCHEMA,
+        ("generate_data", "ood.parquet"): ood.SCHEMA,
+        ("rollout", "rollouts.parquet"): None,  # engine schema + the decoding column, checked below
+        ("evaluate", "evaluation.parquet"): EVAL_SCHEMA,
+    }
+    for name, table_schema in kg.SCHEMAS.items() if hasattr(kg, "SCHEMAS") else []:
+        expected[("generate_data", f"kg_{name}.parquet")] = table_schema
+    for (stage, fname), schema in expected.items():
+        key = (store.root / stage / "LATEST").read_text().strip()
+        ref, why = store.lookup(stage, key)
+        assert ref is not None, why
+        path = store.resolve(ref) / fname
+        if schema is None:
+            t = pq.read_table(path)
+            assert t.schema.remove(t.schema.get_field_index("decoding")).equals(ROLLOUT_SCHEMA, check_metadata=False)
+            assert set(t["decoding"].to_pylist()) == {"greedy", "sampled"}
+        else:
+            t = read_table(path, schema)
+        assert t.num_rows > 0
+        manifest = json.loads((store.resolve(ref) / "manifest.json").read_text())
+        for field in ("config", "parents", "code_version", "git_commit", "packages", "digest", "created"):
+            assert field in manifest, (stage, field)
+
+
+def test_second_run_is_all_cached(ws):
+    state = run_pipeline()
+    assert state.is_completed()
+    assert states(state.result()) == {s: "Cached" for s in STAGES}
+
+
+def test_mlflow_parent_and_children(ws):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = c.get_experiment_by_name("entroflow")
+    assert Path(exp.artifact_location.removeprefix("file://")).is_relative_to(ws)
+    parents = c.search_runs([exp.experiment_id], "tags.`entroflow.kind` = 'pipeline'",
+                            order_by=["attributes.start_time ASC"])
+    assert len(parents) == 2
+    first, second = parents
+    for p in parents:
+        assert p.info.status == "FINISHED"
+        for tag in ("prefect.flow_run_id", "config_hash", "git_commit", "entroflow_version"):
+            assert p.data.tags.get(tag), tag
+        assert p.data.params["pretrain.steps"] == "60"
+        assert "greedy_acc" in p.data.metrics
+    def children(parent):
+        runs = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        return {r.data.tags["stage"]: r for r in runs}
+    a, b = children(first), children(second)
+    assert set(a) == set(b) == set(STAGES)
+    assert all(r.data.tags["cached"] == "false" for r in a.values())
+    assert all(r.data.tags["cached"] == "true" for r in b.values())
+    # Cached children carry the same metrics, so runs compare side by side.
+    assert a["evaluate"].data.metrics == b["evaluate"].data.metrics
+    assert a["evaluate"].data.metrics["greedy_acc"] == first.data.metrics["greedy_acc"]
+    hist = c.get_metric_history(a["pretrain_base"].info.run_id, "step/loss")
+    assert len(hist) >= 5 and hist[0].step == 0
+    arts = {f.path for f in c.list_artifacts(a["rollout"].info.run_id)}
+    assert "rollouts.parquet" in arts
+    assert {f.path for f in c.list_artifacts(a["pretrain_base"].info.run_id, "model")} >= {"model/config.json", "model/model.safetensors"}
+
+
+def test_corrupted_output_is_recomputed(ws):
+    from entroflow.store import Store
+
+    store = Store(ws / "store")
+    key = (store.root / "rollout" / "LATEST").read_text().strip()
+    path = store.root / "rollout" / key / "rollouts.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    state = run_pipeline()
+    s = states(state.result())
+    assert s["rollout"] == "Completed"
+    assert store.lookup("rollout", key)[0] is not None
+    # Decoding is seeded per (prompt, sample), so the recomputed rollouts are identical and the
+    # downstream stages keep their keys.
+    assert s["evaluate"] == "Cached" and s["report"] == "Cached"
+    assert s["pretrain_base"] == "Cached"
+
+
+def test_failed_stage_leaves_no_partial_output_and_rerun_resumes(ws):
+    from entroflow.store import Store
+
+    store = Store(ws / "store")
+    overrides = ["evaluate.ks=[1, 2]"]  # a new evaluate key, so no earlier output exists for it
+    state = run_pipeline(overrides, failpoint="evaluate")
+    assert state.is_failed()
+    evaluate_dirs_before = set((store.root / "evaluate").iterdir())
+    assert not list((store.root / ".tmp").iterdir()), "staging dirs must be removed on failure"
+    state = run_pipeline(overrides)
+    assert state.is_completed()
+    s = states(state.result())
+    assert s["generate_data"] == s["build_tokenizer"] == s["pretrain_base"] == s["rollout"] == "Cached"
+    assert s["evaluate"] == "Completed" and s["report"] == "Completed"
+    assert len(set((store.root / "evaluate").iterdir()) - evaluate_dirs_before) == 1
+
+
+def test_transient_error_is_retried(ws):
+    state = run_pipeline(["report.title=retried"], failpoint="report:once")
+    assert state.is_completed()
+    assert states(state.result())["report"] == "Completed"
+
+
+def test_force_recomputes_stage_and_downstream(ws):
+    state = run_pipeline(force=["rollout"])
+    s = states(state.result())
+    assert [s[x] for x in STAGES] == ["Cached"] * 3 + ["Completed"] * 3
+
+
+def test_cli_stages_explains_cache(ws):
+    from entroflow.cli import app
+
+    r = CliRunner().invoke(app, ["stages", SMOKE], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("Cached") == len(STAGES)
+    r = CliRunner().invoke(app, ["stages", SMOKE, "--set", "pretrain.steps=61"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "pretrain.steps" in r.output and r.output.count("Cached") == 2
+
+
+def test_cli_runs_lists_runs(ws):
+    from entroflow.cli import app
+
+    r = CliRunner().invoke(app, ["runs"], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("smoke") >= 5
+
+
+def _env(extra=None):
+    env = {**os.environ, "ENTROFLOW_PROGRESS": "0", **(extra or {})}
+    return env
+
+
+def test_separate_process_rerun_is_cached(ws, prefect_server):
+    """A new process (as a user's second `entroflow run`) finds every stage Cached."""
+    out = subprocess.run([sys.executable, "-m", "entroflow.cli", "run", SMOKE], env=_env({"PREFECT_API_URL": prefect_server}),
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("Cached") == len(STAGES), out.stdout
+
+
+def test_ui_serves_the_workspace(ws):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "entroflow.cli", "ui", "--port", str(port)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=entroflow"
+        deadline, body = time.time() + 120, None
+        while time.time() < deadline and body is None:
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            except OSError:
+                time.sleep(1)
+        assert body and body["experiment"]["name"] == "entroflow"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_deploy_serves_a_cron_schedule(ws, prefect_server):
+    from prefect.client.orchestration import get_client
+
+    proc = subprocess.Popen([sys.executable, "-m", "entroflow.cli", "deploy", SMOKE, "--cron", "0 2 * * *"],
+                            env=_env({"PREFECT_API_URL": prefect_server}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline, dep = time.time() + 120, None
+        while time.time() < deadline and dep is None:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                with get_client(sync_client=True) as client:
+                    dep = client.read_deployment_by_name("entroflow-pipeline/smoke")
+            except Exception:
+                time.sleep(2)
+        assert dep is not None
+        assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
+        assert dep.parameters["config_path"].endswith("configs/smoke.yaml")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
