@@ -108,21 +108,27 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10
         _fail(f"no MLflow experiment '{experiment}' at {workspace.tracking_uri()} (run `entroflow run` first)", 1)
     found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'pipeline'",
                           order_by=["attributes.start_time DESC"], max_results=limit)
-    t = Table(title=f"entroflow runs ({workspace.tracking_uri()})")
-    for col in ("run", "started", "status", "greedy", "sampled", "maj@k", "pass@k", "cached", "run id"):
-        t.add_column(col, overflow="fold", no_wrap=col != "run")
     import datetime as dt
 
+    def top_k(metrics: dict, prefix: str) -> str | None:
+        ks = [k for k in metrics if k.startswith(prefix) and "/" not in k]
+        return max(ks, key=lambda k: int(k[len(prefix):]), default=None)
+
+    newest = found[0].data.metrics if found else {}
+    maj, pk = top_k(newest, "maj_at_"), top_k(newest, "pass_at_")
+    t = Table(title=f"entroflow runs ({workspace.tracking_uri()})")
+    cols = ["run", "started", "greedy", "sampled", maj or "maj@k", pk or "pass@k", "cached", "id"]
+    for col in cols:
+        t.add_column(col.replace("_at_", "@"), overflow="fold", no_wrap=col != "run",
+                     min_width=22 if col == "run" else None)
+    fmt = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for r in found:
         m = r.data.metrics
-        maj = max((k for k in m if k.startswith("maj_at_") and "/" not in k), default=None, key=lambda k: int(k[7:]))
-        pk = max((k for k in m if k.startswith("pass_at_") and "/" not in k), default=None, key=lambda k: int(k[8:]))
-        fmt = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        t.add_row(r.info.run_name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%m-%d %H:%M"),
-                  r.info.status, fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
-                  f"{maj.replace('_at_', '@')}={fmt(m.get(maj))}" if maj else "",
-                  f"{pk.replace('_at_', '@')}={fmt(m.get(pk))}" if pk else "",
-                  str(int(m.get("stages_cached", 0))), r.info.run_id[:8])
+        name = r.info.run_name if r.info.status == "FINISHED" else f"{r.info.run_name} [red]{r.info.status.lower()}[/]"
+        t.add_row(name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%m-%d %H:%M"),
+                  fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
+                  fmt(m.get(maj)) if maj else "", fmt(m.get(pk)) if pk else "",
+                  f"{int(m.get('stages_cached', 0))}/6", r.info.run_id[:8])
     console.print(t)
 
 

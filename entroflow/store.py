@@ -27,6 +27,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
+# Run records: what a stage measured about itself (timings, throughput, step history). They are
+# checked like everything else but kept out of ``digest``, so a recomputed stage whose data came
+# out identical keeps its digest and its downstream stages stay cached (early cutoff).
+RECORDS = ("metrics.json", "history.parquet")
 
 
 class ArtifactRef(BaseModel):
@@ -43,18 +47,26 @@ class ArtifactRef(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+def file_sha256(path: Path) -> str:
+    fh = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            fh.update(chunk)
+    return fh.hexdigest()
+
+
 def dir_digest(root: Path) -> str:
-    """sha256 over (relative path, file sha256) of every file except the manifest."""
+    """sha256 over (relative path, file sha256) of every data file (not the manifest or records)."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(root).as_posix()
-            fh = hashlib.sha256()
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    fh.update(chunk)
-            h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST and rel not in RECORDS:
+            h.update(f"{rel}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()
+
+
+def records_digest(root: Path) -> dict[str, str]:
+    return {r: file_sha256(root / r) for r in RECORDS if (root / r).exists()}
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -92,6 +104,8 @@ class Store:
         digest = dir_digest(d)
         if digest != manifest.get("digest"):
             return None, f"output corrupted (digest {digest[:12]} != manifest {str(manifest.get('digest'))[:12]})"
+        if records_digest(d) != manifest.get("records", {}):
+            return None, "output corrupted (run records differ from the manifest)"
         return ArtifactRef.model_validate(manifest["ref"]), "output verified"
 
     def manifest(self, ref: ArtifactRef | dict) -> dict:
@@ -129,7 +143,8 @@ class Store:
         ref = ArtifactRef(stage=stage, key=key, path=f"{stage}/{key}", digest=dir_digest(tmp),
                           rows=rows, schema_=schema, files=files)
         manifest = {"stage": stage, "key": key, **manifest, "ref": ref.model_dump(), "digest": ref.digest, "rows": rows,
-                    "schema": schema, "created": dt.datetime.now(dt.timezone.utc).isoformat()}
+                    "schema": schema, "records": records_digest(tmp),
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)

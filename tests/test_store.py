@@ -114,3 +114,20 @@ def test_clean_tmp_spares_live_writers(tmp_path):
     with store.staging("stage") as tmp:
         time.sleep(0.01)
         assert store.clean_tmp() == 0 and tmp.exists()
+
+
+def test_run_records_are_checked_but_not_in_the_digest(tmp_path):
+    """Same data + different timings -> same digest (downstream stays cached); edited records -> corrupt."""
+    store = Store(tmp_path)
+
+    def commit(seconds: float):
+        with store.staging("stage") as tmp:
+            (tmp / "data.txt").write_text("same data")
+            (tmp / "metrics.json").write_text(json.dumps({"seconds": seconds}))
+            return store.commit(tmp, "stage", "k", None, {})
+
+    a, b = commit(1.0), commit(2.0)
+    assert a.digest == b.digest
+    (tmp_path / "stage" / "k" / "metrics.json").write_text("{}")
+    ref, why = store.lookup("stage", "k")
+    assert ref is None and "records" in why
