@@ -5,6 +5,7 @@ Prefect and the flows are imported inside the commands, after the workspace is b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,12 +142,25 @@ def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000
            "--default-artifact-root", workspace.mlflow_artifacts().as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]
     console.print(f"MLflow UI for {workspace.home()} at http://{host}:{port}", highlight=False)
-    proc = subprocess.Popen(cmd)
+    # The server runs in its own process group (mlflow spawns uvicorn workers), so that stopping
+    # this command, by Ctrl-C or SIGTERM, stops the whole group by its id and leaves nothing behind.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum=None, frame=None):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        sys.exit(proc.wait())
+        code = proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        stop()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -243,6 +243,16 @@ def test_ui_serves_the_workspace(ws):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    # Stopping `entroflow ui` stops the MLflow server it started: the port is free again.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            time.sleep(0.5)
+        except OSError:
+            break
+    else:
+        pytest.fail("the MLflow server outlived `entroflow ui`")
 
 
 def test_deploy_serves_a_cron_schedule(ws, prefect_server):

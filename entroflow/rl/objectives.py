@@ -372,7 +372,8 @@ def policy_loss(
     # Masked positions are zeroed *before* exp: padding log-probs may be -inf/NaN, and a NaN
     # there would otherwise reach the gradient through 0 * NaN.
     adv = torch.where(m, adv, zero)
-    log_ratio = torch.where(m, logp_new - logp_old.detach(), zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    log_ratio = torch.where(m, logp_new - logp_old.detach(), zero)
+    log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
     per_token = -surrogate
@@ -383,7 +384,8 @@ def policy_loss(
     with torch.no_grad():
         n_tok = int(m.sum())
         if n_tok == 0:
-            stats = dict.fromkeys(("clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl", "ratio_mean"), 0.0)
+            keys = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl", "ratio_mean")
+            stats = dict.fromkeys(keys, 0.0)
             return loss, stats
 
         def frac(cond: torch.Tensor) -> float:
