@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from entroflow import workspace
@@ -54,7 +55,7 @@ def run(
     overrides = set_ or []
     cfg = _validate(config, overrides, force)  # bad input fails here, before anything is written
     workspace.bootstrap()
-    from flows.pipeline import STAGE_NAMES, pipeline
+    from flows.pipeline import pipeline
 
     state = pipeline(config_path=config, overrides=overrides, force=force or [], return_state=True)
     if not state.is_completed():
@@ -67,13 +68,14 @@ def run(
     t = Table(title=f"entroflow run: {cfg.name}")
     for col in ("stage", "state", "seconds", "output"):
         t.add_column(col)
-    for name in STAGE_NAMES:
-        if name in results:
-            r = results[name]
-            t.add_row(name, r["state"], f"{r['seconds']:.1f}", str(workspace.store_root() / r["ref"]["path"]))
+    for label, r in results.items():
+        if isinstance(r, dict) and "ref" in r:
+            t.add_row(escape(label), r["state"], f"{r['seconds']:.1f}", str(workspace.store_root() / r["ref"]["path"]))
     console.print(t)
-    console.print(f"report: {results.get('report_path')}\nMLflow parent run: {results['mlflow_parent_run_id']} "
-                  f"(entroflow ui to browse)")
+    console.print(f"report: {results.get('report_path')}", highlight=False)
+    if results.get("comparison_path"):
+        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
+    console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)
 
 
 @app.command()

@@ -5,6 +5,7 @@ Every mistake (unknown key, wrong type, out-of-range value, missing file) become
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # The spine's stages in DAG order. flows/pipeline.py checks that its DAG matches, so the CLI can
 # validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
-PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "rollout", "evaluate", "report")
+PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "rollout", "evaluate", "report",
+                   "train_rl", "compare")
 
 
 def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force") -> None:
@@ -125,6 +127,15 @@ class PretrainCfg(Strict):
     mix: MixCfg = MixCfg()
 
 
+class EMInfCfg(Strict):
+    """EM-INF decoding (arXiv 2505.15134 §4): Adam on each step's logits down to entropy delta."""
+
+    delta: float = Field(default=0.3, gt=0)
+    n_steps: int = Field(default=5, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    kl_weight: float = Field(default=0.0, ge=0)
+
+
 class RolloutCfg(Strict):
     split: Literal["train", "test"] = "test"
     n_prompts: int | None = Field(default=None, ge=1)  # None: the whole split
@@ -134,6 +145,7 @@ class RolloutCfg(Strict):
     top_k: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=64, ge=1)
     batch_size: int = Field(default=256, ge=1)
+    em_inf: EMInfCfg | None = None  # decode with EM-INF (the reasoning flow evaluates the base both ways)
 
 
 class EvaluateCfg(Strict):
@@ -150,6 +162,44 @@ class ReportCfg(Strict):
     title: str = "entroflow run"
 
 
+class RLCfg(Strict):
+    """The reasoning comparison: one training stage per method and seed, on the spine's base model.
+
+    ``train`` holds shared settings (entroflow.rl.settings.TrainConfig fields); each method's
+    preset (what makes it GRPO, DAPO, ...) is applied on top, then ``per_method`` overrides.
+    """
+
+    methods: list[Literal["grpo", "dapo", "empo", "em_rl", "em_ft"]] = Field(min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    train: dict = {}
+    per_method: dict[str, dict] = {}
+    em_inf: EMInfCfg = EMInfCfg()
+    eval_em_inf: bool = True
+
+    @model_validator(mode="after")
+    def _methods(self):
+        from entroflow.rl.settings import TrainConfig
+
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        for m, override in self.per_method.items():
+            if m not in self.methods:
+                raise ValueError(f"per_method.{m}: '{m}' is not in methods")
+        for m in self.methods:
+            try:
+                TrainConfig.for_method(m, self.train, self.per_method.get(m))
+            except (TypeError, ValueError) as e:
+                where = f"per_method.{m}" if m in self.per_method else "train"
+                raise ValueError(f"{where}: {e}") from None
+        return self
+
+    def train_config(self, method: str, seed: int, answer_format: str) -> dict:
+        from entroflow.rl.settings import TrainConfig
+
+        shared = {**self.train, "seed": seed, "answer_format": answer_format}
+        return TrainConfig.for_method(method, shared, self.per_method.get(method)).to_dict()
+
+
 class PipelineConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: str = "entroflow"
@@ -161,6 +211,7 @@ class PipelineConfig(Strict):
     rollout: RolloutCfg = RolloutCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     report: ReportCfg = ReportCfg()
+    rl: RLCfg | None = None
 
     @model_validator(mode="after")
     def _cross(self):
@@ -192,8 +243,16 @@ def parse_override(item: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value) if value.strip() else ""
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    path = Path(path)
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping of ``path``; ``extends: other.yaml`` (relative to the file) is deep-merged
+    underneath it, so a config states only how it differs from its base."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -204,6 +263,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base_path = (path.parent / str(parent)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: extends: {parent} makes a cycle")
+    return _deep_merge(_read_raw(base_path, (*seen, base_path)), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    path = Path(path)
+    raw = _read_raw(path, (path.resolve(),))
     overridden = set()
     for item in overrides:
         key, value = parse_override(item)
@@ -222,6 +293,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         else:
             got = err.get("input")
             got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            msg = f"{src}: {loc or 'config'}: {err['msg']}{got_s}"
+            text = err["msg"].removeprefix("Value error, ")
+            sub = re.match(r"^([\w.]+): (.*)$", text)
+            if err["type"] == "value_error" and sub:  # a validator that names a nested key
+                loc, text, got_s = f"{loc}.{sub.group(1)}" if loc else sub.group(1), sub.group(2), ""
+            msg = f"{src}: {loc or 'config'}: {text}{got_s}"
         more = len(e.errors()) - 1
         raise ConfigError(msg + (f" [+{more} more]" if more else "")) from None

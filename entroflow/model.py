@@ -88,6 +88,7 @@ def pretrain(
     grad_clip: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.98),
     on_step: Callable[[int, dict], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for ``steps`` optimizer steps; returns per-step metrics.
 
@@ -107,6 +108,7 @@ def pretrain(
         lr=lr, betas=betas,
     )
     max_len = model.config.max_position_embeddings
+    device = next(model.parameters()).device
     warmup = min(warmup, max(1, steps // 10))
     model.train()
     history = []
@@ -117,8 +119,9 @@ def pretrain(
             g["lr"] = cur_lr
         picks = rng.choices(names, weights=w, k=batch_size)
         batch = [sources[k][rng.randrange(len(sources[k]))] for k in picks]
-        ids, attn, labels = collate(batch, max_len)
-        logits = model(input_ids=ids, attention_mask=attn).logits
+        ids, attn, labels = (t.to(device) for t in collate(batch, max_len))
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = model(input_ids=ids, attention_mask=attn).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100
         )

@@ -7,6 +7,7 @@ explicit ``mlflow.parentRunId`` tag works from any thread or process.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -21,8 +22,10 @@ PIPELINE_TAG = "entroflow.kind"
 
 
 def metric_key(name: str) -> str:
-    """MLflow metric names allow no '@': ``pass@8`` is logged as ``pass_at_8``."""
-    return name.replace("@", "_at_")
+    r"""An MLflow-legal metric name: ``pass@8`` -> ``pass_at_8``, ``base+em_inf`` -> ``base_plus_em_inf``,
+    ``rollout[grpo,s0]`` -> ``rollout_grpo_s0_`` (MLflow allows only ``[A-Za-z0-9_\-. :/]``)."""
+    name = name.replace("@", "_at_").replace("+", "_plus_")
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
 
 def client() -> MlflowClient:
@@ -76,14 +79,14 @@ def start_parent(c: MlflowClient, experiment_id: str, run_name: str, flow_run_id
 
 
 def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest: dict,
-              stage_dir: Path, cached: bool) -> str:
+              stage_dir: Path, cached: bool, run_name: str | None = None) -> str:
     """A child run for one stage, from its manifest: params, metrics, step history, artifacts.
 
     Cached stages get the same metrics and artifacts (tag ``cached=true``), so runs compare side
     by side in the MLflow UI whether or not a stage recomputed.
     """
     stage = manifest["stage"]
-    run = c.create_run(experiment_id, run_name=stage, tags={
+    run = c.create_run(experiment_id, run_name=run_name or stage, tags={
         "mlflow.parentRunId": parent_run_id, PIPELINE_TAG: "stage", "stage": stage,
         "cached": str(cached).lower(), "cache_key": manifest["key"], "digest": manifest["digest"],
         "code_version": manifest["code_version"], "git_commit": manifest["git_commit"],

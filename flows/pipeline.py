@@ -1,15 +1,17 @@
-"""The spine DAG: generate_data -> build_tokenizer -> pretrain_base -> rollout -> evaluate -> report.
+"""The spine DAG: generate_data -> build_tokenizer -> pretrain_base -> rollout -> evaluate -> report,
+followed by the ``reasoning`` RL comparison (flows/reasoning.py) when the config has an ``rl``
+section.
 
-Each node names its stage, the config sections that stage's cache key covers, and its parents.
-The flow walks the nodes in order; a stage whose verified output already exists for its key comes
-back ``Cached``; ``force`` recomputes chosen stages and everything downstream of them. One MLflow
-parent run per flow run, one child run per stage (cached or not).
+Each node names its stage, the config sections that stage's cache key covers, and its parents
+(``{name the stage reads them by: upstream stage}``). A stage whose verified output already
+exists for its key comes back ``Cached``; ``force`` recomputes chosen stages and everything
+downstream of them. One MLflow parent run per flow run, one child run per stage (cached or not).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from entroflow import workspace
@@ -34,8 +36,8 @@ from tasks.rollout import rollout  # noqa: E402
 @dataclass(frozen=True)
 class Node:
     stage: Stage
-    parents: tuple[str, ...]
-    section: Callable[[PipelineConfig, dict], dict]  # (config, full config dict) -> keyed section
+    parents: dict[str, str]  # name the body reads -> upstream stage
+    section: Callable[[PipelineConfig, dict], dict]  # (config, config as dict) -> keyed section
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
 
 
@@ -44,37 +46,39 @@ def _scratch(cfg: PipelineConfig) -> bool:
 
 
 DAG: list[Node] = [
-    Node(generate_data, (), lambda c, d: {"seed": c.seed, "data": d["data"]}),
-    Node(build_tokenizer, ("generate_data",), lambda c, d: {"tokenizer": d["tokenizer"]}, _scratch),
-    Node(pretrain_base, ("generate_data", "build_tokenizer"),
+    Node(generate_data, {}, lambda c, d: {"seed": c.seed, "data": d["data"]}),
+    Node(build_tokenizer, {"generate_data": "generate_data"}, lambda c, d: {"tokenizer": d["tokenizer"]}, _scratch),
+    Node(pretrain_base, {"generate_data": "generate_data", "build_tokenizer": "build_tokenizer"},
          lambda c, d: {"seed": c.seed, "model": d["model"],
                        "pretrain": d["pretrain"] if c.model.source == "scratch" else None}),
-    Node(rollout, ("generate_data", "pretrain_base"), lambda c, d: {"seed": c.seed, "rollout": d["rollout"]}),
-    Node(evaluate, ("generate_data", "rollout"), lambda c, d: {"evaluate": d["evaluate"]}),
-    Node(report, ("generate_data", "pretrain_base", "rollout", "evaluate"),
+    Node(rollout, {"generate_data": "generate_data", "model": "pretrain_base"},
+         lambda c, d: {"seed": c.seed, "rollout": d["rollout"]}),
+    Node(evaluate, {"generate_data": "generate_data", "rollout": "rollout"}, lambda c, d: {"evaluate": d["evaluate"]}),
+    Node(report, {"generate_data": "generate_data", "pretrain_base": "pretrain_base", "rollout": "rollout",
+                  "evaluate": "evaluate"},
          lambda c, d: {"name": c.name, "config_hash": provenance.config_hash(d), "report": d["report"],
                        "evaluate": d["evaluate"], "rollout": d["rollout"]}),
 ]
 STAGE_NAMES = [n.stage.name for n in DAG]
-assert tuple(STAGE_NAMES) == PIPELINE_STAGES, "keep entroflow.config.PIPELINE_STAGES in step with the DAG"
+assert tuple(STAGE_NAMES) == PIPELINE_STAGES[: len(STAGE_NAMES)], "keep entroflow.config.PIPELINE_STAGES in step"
 
 
-def forced_closure(cfg: PipelineConfig, force: list[str]) -> set[str]:
-    """The forced stages and everything downstream of them."""
+def forced_closure(force: list[str]) -> set[str]:
+    """The forced spine stages and everything downstream of them."""
     check_stage_names(force)
     out = set(force)
     for node in DAG:
-        if any(p in out for p in node.parents):
+        if any(p in out for p in node.parents.values()):
             out.add(node.stage.name)
     return out
 
 
 def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
-    """What the next run would do, without running anything: per stage its key, whether it would
-    be Cached, and why (used by ``entroflow stages``)."""
+    """What the next run would do for the spine, without running anything: per stage its key,
+    whether it would be Cached, and why (used by ``entroflow stages``)."""
     d = cfg.model_dump(mode="json")
     store = Store(workspace.store_root())
-    forced = forced_closure(cfg, list(force))
+    forced = forced_closure(list(force))
     refs: dict[str, dict | None] = {}
     rows = []
     for node in DAG:
@@ -82,8 +86,8 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
         if not node.enabled(cfg):
             rows.append({"stage": name, "status": "skipped", "why": "disabled by config", "key": ""})
             continue
-        parents = {p: refs.get(p) for p in node.parents if p in refs}
-        waiting = [p for p, r in parents.items() if r is None]
+        parents = {alias: refs.get(up) for alias, up in node.parents.items() if up in refs}
+        waiting = [up for alias, up in node.parents.items() if up in refs and refs[up] is None]
         section = node.section(cfg, d)
         if waiting:
             refs[name] = None
@@ -105,81 +109,116 @@ def _diff_from_latest(store: Store, stage: Stage, section: dict, parents: dict) 
     last = store.latest_manifest(stage.name)
     if last is None:
         return " (never run in this workspace)"
-    changed = [k for k in tracking.flatten(section) if tracking.flatten(last["config"]).get(k) != tracking.flatten(section).get(k)]
-    changed += [k for k in tracking.flatten(last["config"]) if k not in tracking.flatten(section)]
+    new, old = tracking.flatten(section), tracking.flatten(last["config"])
+    changed = sorted({k for k in new if old.get(k) != new[k]} | {k for k in old if k not in new})
     reasons = []
     if changed:
-        reasons.append("config changed since the last run: " + ", ".join(sorted(set(changed))[:5]))
+        reasons.append("config changed since the last run: " + ", ".join(changed[:5]))
     if last["code_version"] != stage.code_version:
         reasons.append("code changed since the last run")
-    old_parents = {k: v["digest"] for k, v in last["parents"].items()}
-    new_parents = {k: v["digest"] for k, v in parents.items()}
-    if old_parents != new_parents:
+    if {k: v["digest"] for k, v in last["parents"].items()} != {k: v["digest"] for k, v in parents.items()}:
         reasons.append("upstream output changed")
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 
+@dataclass
+class Runner:
+    """Runs stages inside a flow: cache check, Prefect task, MLflow child run, bookkeeping."""
+
+    store: Store
+    client: object
+    experiment_id: str
+    parent_run_id: str
+    force: set[str]
+    results: dict[str, dict] = field(default_factory=dict)  # label -> {state, ref, seconds, stage}
+    recomputed: set[str] = field(default_factory=set)  # labels that ran because forced
+
+    def run(self, stage: Stage, section: dict, parents: dict[str, dict], label: str | None = None,
+            parent_labels: list[str] = ()) -> dict:
+        logger = get_run_logger()
+        label = label or stage.name
+        key = stage.key(section, parents)
+        verified, why = self.store.lookup(stage.name, key)
+        forced = stage.name in self.force or any(p in self.recomputed for p in parent_labels)
+        # Refresh Prefect's cache record when forced, or when the output behind it is gone or corrupt.
+        refresh = forced or verified is None
+        t0 = time.time()
+        state = stage.task.with_options(
+            refresh_cache=refresh, result_storage=workspace.prefect_results(), task_run_name=label,
+        )(key=key, config=section, parents=parents, force=forced, return_state=True)
+        ref = state.result()  # raises if the stage failed
+        cached = state.name == "Cached" or bool(ref.get("reused"))
+        if forced:
+            self.recomputed.add(label)
+        self.results[label] = {"state": "Cached" if cached else state.name, "ref": ref,
+                               "seconds": time.time() - t0, "stage": stage.name}
+        if refresh and verified is None and why != "no output for this key":
+            logger.warning(f"{label}: recomputed because the stored {why}")
+        tracking.log_stage(self.client, self.experiment_id, self.parent_run_id, self.store.manifest(ref),
+                           self.store.resolve(ref), cached=cached, run_name=label)
+        logger.info(f"{label}: {self.results[label]['state']} ({self.results[label]['seconds']:.1f} s) "
+                    f"-> {self.store.resolve(ref)}")
+        return ref
+
+
 @flow(name="entroflow-pipeline", log_prints=True)
 def pipeline(config_path: str, overrides: list[str] | None = None, force: list[str] | None = None) -> dict:
-    """Run the spine end to end. Returns {stage: {"state", "ref", "seconds"}}."""
-    logger = get_run_logger()
+    """Run the spine (and the reasoning comparison when configured). Returns
+    {label: {"state", "ref", "seconds", "stage"}, "report_path", "mlflow_parent_run_id"}."""
     cfg = load_config(config_path, overrides or [])
     d = cfg.model_dump(mode="json")
-    forced = forced_closure(cfg, force or [])
+    forced = forced_closure(force or [])
     store = Store(workspace.store_root())
     store.clean_tmp()
     c = tracking.client()
     exp_id = tracking.ensure_experiment(c, cfg.experiment)
-    chash = provenance.config_hash(d)
     parent = tracking.start_parent(
         c, exp_id, run_name=f"{cfg.name}-{flow_run.get_name() or 'local'}", flow_run_id=flow_run.get_id() or "local",
         params=tracking.flatten(d),
-        tags={"config_hash": chash, "config_name": cfg.name, "config_path": str(Path(config_path)),
+        tags={"config_hash": provenance.config_hash(d), "config_name": cfg.name, "config_path": str(Path(config_path)),
               "git_commit": provenance.git_commit(), "entroflow_version": provenance.package_versions()["entroflow"],
               "prefect.flow_run_name": flow_run.get_name() or ""},
     )
+    runner = Runner(store, c, exp_id, parent, forced)
     refs: dict[str, dict] = {}
-    results: dict[str, dict] = {}
     status = "FAILED"
+    out: dict = {}
     try:
         for node in DAG:
-            name = node.stage.name
-            if not node.enabled(cfg):
-                continue
-            parents = {p: refs[p] for p in node.parents if p in refs}
-            section = node.section(cfg, d)
-            key = node.stage.key(section, parents)
-            verified, why = store.lookup(name, key)
-            # Refresh Prefect's cache record when forced, or when the output behind it is gone or corrupt.
-            refresh = name in forced or verified is None
-            t0 = time.time()
-            state = node.stage.task.with_options(
-                refresh_cache=refresh, result_storage=workspace.prefect_results()
-            )(key=key, config=section, parents=parents, force=name in forced, return_state=True)
-            ref = state.result()  # raises if the stage failed
-            cached = state.name == "Cached" or bool(ref.get("reused"))
-            refs[name] = ref
-            results[name] = {"state": "Cached" if cached else state.name, "ref": ref, "seconds": time.time() - t0}
-            if refresh and verified is None and why != "no output for this key":
-                logger.warning(f"{name}: recomputed because the stored {why}")
-            manifest = store.manifest(ref)
-            tracking.log_stage(c, exp_id, parent, manifest, store.resolve(ref), cached=cached)
-            logger.info(f"{name}: {results[name]['state']} ({results[name]['seconds']:.1f} s) -> {store.resolve(ref)}")
+            if node.enabled(cfg):
+                parents = {alias: refs[up] for alias, up in node.parents.items() if up in refs}
+                refs[node.stage.name] = runner.run(node.stage, node.section(cfg, d), parents,
+                                                   parent_labels=[up for up in node.parents.values()])
+        if cfg.rl is not None:
+            from flows.reasoning import run_reasoning
+
+            out.update(run_reasoning(runner, cfg, refs))
         status = "FINISHED"
     finally:
         summary = {}
         if "evaluate" in refs:
             summary = {k: v for k, v in store.manifest(refs["evaluate"])["metrics"].items() if "/" not in k}
-        summary.update({f"seconds/{k}": v["seconds"] for k, v in results.items()})
-        summary["stages_cached"] = sum(v["state"] == "Cached" for v in results.values())
+        if "comparison_metrics" in out:
+            summary.update(out["comparison_metrics"])
+        summary.update({f"seconds/{k}": v["seconds"] for k, v in runner.results.items()})
+        summary["stages_cached"] = sum(v["state"] == "Cached" for v in runner.results.values())
+        summary["stages_total"] = len(runner.results)
         tracking.finish_parent(c, parent, status, summary)
     if "report" in refs:
-        latest = workspace.home() / "reports" / cfg.name
-        latest.mkdir(parents=True, exist_ok=True)
-        src = store.resolve(refs["report"])
-        for f in src.iterdir():
-            if f.suffix in (".md", ".png"):
-                (latest / f.name).write_bytes(f.read_bytes())
-        results["report_path"] = str(latest / "report.md")
-    results["mlflow_parent_run_id"] = parent
-    return results
+        out["report_path"] = str(_publish(store, refs["report"], workspace.home() / "reports" / cfg.name))
+    if "compare" in runner.results:
+        out["comparison_path"] = str(_publish(store, runner.results["compare"]["ref"],
+                                              workspace.home() / "reports" / cfg.name / "reasoning"))
+    return {**runner.results, **out, "mlflow_parent_run_id": parent}
+
+
+def _publish(store: Store, ref: dict, dest: Path) -> Path:
+    """Copy a report's Markdown and plots to ``reports/<config>/`` (the latest of each config)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = store.resolve(ref)
+    md = None
+    for f in src.iterdir():
+        if f.suffix in (".md", ".png"):
+            (dest / f.name).write_bytes(f.read_bytes())
+            md = dest / f.name if f.suffix == ".md" else md
+    return md

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,10 +49,18 @@ PERMANENT = (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointEr
 class StageOutput:
     """What a stage body writes into."""
 
-    def __init__(self, dir: Path):
+    def __init__(self, dir: Path, work_dir: Path | None = None):
         self.dir = dir
+        self._work_dir = work_dir
         self.metrics: dict[str, float] = {}
         self.history: list[dict] = []  # step-wise metrics: {"step": int, name: value, ...}
+
+    @property
+    def work_dir(self) -> Path:
+        """A scratch dir that survives a killed process (checkpoints live here): the same for
+        every attempt at this stage and key, removed once the output is committed."""
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        return self._work_dir
 
     def table(self, name: str, table: pa.Table) -> Path:
         path = self.dir / f"{name}.parquet"
@@ -132,9 +141,12 @@ class Stage:
                 return {**ref.model_dump(), "reused": True}
         store.clean_tmp()
         parent_dirs = {k: store.resolve(v) for k, v in parents.items()}
+        work = store.root / ".work" / self.name / key
+        if force and work.exists():  # a forced stage starts over, not from old checkpoints
+            shutil.rmtree(work)
         t0 = time.time()
         with store.staging(self.name) as tmp:
-            out = StageOutput(tmp)
+            out = StageOutput(tmp, work)
             self.body(out, config, parent_dirs)
             out.flush()
             _failpoint(self.name)
@@ -147,6 +159,7 @@ class Stage:
                 "duration_s": round(time.time() - t0, 3),
             }
             ref = store.commit(tmp, self.name, key, self.main_table, manifest)
+        shutil.rmtree(work, ignore_errors=True)
         return {**ref.model_dump(), "reused": False}
 
 

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 
 from entroflow import model as model_lib
 from entroflow import rollout as rollout_lib
+from entroflow.rl import em_inf as em_inf_lib
 from entroflow.progress import progress_bar
+from entroflow.rl.em_inf import EMInfProcessor
 from tasks._stage import StageOutput, stage
 
 
@@ -21,10 +23,10 @@ def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table
     return table.slice(0, n_prompts) if n_prompts else table
 
 
-@stage("rollout", code=[rollout_lib, model_lib], main_table="rollouts.parquet")
+@stage("rollout", code=[rollout_lib, model_lib, em_inf_lib], main_table="rollouts.parquet")
 def rollout(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     rc, seed = config["rollout"], config["seed"]
-    model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["pretrain_base"]))
+    model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]))
     problems = eval_problems(parents["generate_data"], rc["split"], rc["n_prompts"])
     prompts, ids = problems["prompt"].to_pylist(), problems["id"].to_pylist()
     engine = rollout_lib.HFRolloutEngine(model, tokenizer, batch_size=rc["batch_size"])
@@ -35,10 +37,15 @@ def rollout(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
                                               top_p=rc["top_p"], top_k=rc["top_k"],
                                               max_new_tokens=rc["max_new_tokens"], seed=seed),
     }
+    processors = []
+    if rc.get("em_inf"):
+        # EM-INF (arXiv 2505.15134 §4): entropy-minimising logit optimisation before sampling.
+        e = rc["em_inf"]
+        processors.append(EMInfProcessor(delta=e["delta"], n_steps=e["n_steps"], lr=e["lr"], kl_weight=e["kl_weight"]))
     tables = []
     for name, params in decodings.items():
         with progress_bar(f"rollout {name}", total=len(prompts) * params.n, unit="seq") as advance:
-            t = engine.generate(prompts, ids, params, progress=advance)
+            t = engine.generate(prompts, ids, params, logits_processors=processors or None, progress=advance)
         tables.append(t.append_column("decoding", pa.array([name] * t.num_rows, pa.string())))
         out.log(**{f"{name}_tokens_per_s": engine.tokens_per_second})
     table = pa.concat_tables(tables)

@@ -279,3 +279,41 @@ def test_deploy_serves_a_cron_schedule(ws, prefect_server):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_reasoning_flow_compares_methods(ws):
+    """The reasoning comparison on the smoke world: one train_rl child per method, evaluations of
+    base, base+EM-INF and every trained model, and a comparison table with the claims checked."""
+    from flows.pipeline import pipeline
+    from mlflow.tracking import MlflowClient
+
+    state = pipeline(config_path=str(REPO / "configs" / "smoke-rl.yaml"), return_state=True)
+    assert state.is_completed(), state
+    results = state.result()
+    methods = ["grpo", "dapo", "empo", "em_rl", "em_ft"]
+    for m in methods:
+        assert results[f"train_rl[{m},s0]"]["state"] == "Completed"
+        assert f"evaluate[{m},s0]" in results
+    # The spine's stages and the base evaluation come from the smoke run's cache.
+    assert results["pretrain_base"]["state"] == "Cached"
+    assert results["evaluate[base,s0]"]["state"] == "Cached"
+    comparison = Path(results["comparison_path"])
+    text = comparison.read_text()
+    assert "EMPO, with no labels, about matches supervised GRPO/DAPO" in text
+    for m in ("base", "base+em_inf", *methods):
+        assert f"| {m} |" in text
+    table = pq.read_table(ws / "store" / results["compare"]["ref"]["path"] / "comparison.parquet")
+    assert set(table["model"].to_pylist()) == {"base", "base+em_inf", *methods}
+    c = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = c.get_experiment_by_name("entroflow")
+    parent = c.get_run(results["mlflow_parent_run_id"])
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = {r.info.run_name for r in kids}
+    assert {f"train_rl[{m},s0]" for m in methods} <= names and "compare" in names
+    train_run = next(r for r in kids if r.info.run_name == "train_rl[dapo,s0]")
+    hist = c.get_metric_history(train_run.info.run_id, "step/reward_mean")
+    assert [h.step for h in hist] == [0, 1, 2]
+    assert {f.path for f in c.list_artifacts(train_run.info.run_id)} >= {"model", "rollouts", "history.parquet"}
+    # Every RL step's rollouts are kept, so any reward can be recomputed later.
+    rollouts = pq.read_table(Path(train_run.data.tags["output_path"]) / "rollouts")
+    assert set(rollouts["step"].to_pylist()) == {0, 1, 2}

@@ -117,7 +117,7 @@ import torch
 
 from entroflow.answers import cluster_answers
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from entroflow.rl.settings import AGGREGATIONS  # noqa: E402  (one list for config and math)
 LOG_RATIO_CLAMP = 20.0  # verl: clamp log pi/pi_old to [-20, 20] before exp
 KL_CLAMP = 10.0  # verl low_var_kl: clamp the k3 value to [-10, 10]
 

@@ -1,0 +1,227 @@
+"""Side-by-side comparison of RL methods: a table, the seed papers' claims checked, and plots.
+
+Inputs are the ``evaluate`` metrics of every (model, seed) and the training history of every
+(method, seed). A claim is judged on the mean over seeds, with the spread (sample standard
+deviation over seeds, 0 with one seed) printed beside it; a claim that does not hold is reported
+as not holding, with its numbers. The main metric is sampled (T=1) accuracy averaged over k
+samples, ``avg@k``, as in DAPO's AIME protocol.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+BASE, BASE_EM_INF = "base", "base+em_inf"
+METRICS = ("greedy_acc", "sampled_acc", "maj_acc", "pass_acc", "mean_token_entropy", "mean_length",
+           "self_consistency_gain")
+TARGET_GAIN = 0.05  # issue target: DAPO and EMPO at least +5 points over the base (sampled avg@k)
+MATCH_TOL = 0.03  # "about matches": within 3 points (or two seed spreads, whichever is larger)
+
+
+def rows_from_metrics(evals: dict[tuple[str, int], dict], kmax: int) -> list[dict]:
+    """One row per (model, seed) from evaluate-stage metrics."""
+    out = []
+    for (model, seed), m in sorted(evals.items()):
+        out.append({
+            "model": model, "seed": seed, "greedy_acc": m["greedy_acc"], "sampled_acc": m[f"avg@{kmax}"],
+            "maj_acc": m.get(f"maj@{kmax}", float("nan")), "pass_acc": m.get(f"pass@{kmax}", float("nan")),
+            "mean_token_entropy": m["mean_token_entropy"], "mean_length": m["mean_length"],
+            "self_consistency_gain": m.get(f"maj@{kmax}", float("nan")) - m["greedy_acc"],
+        })
+    return out
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """model -> metric -> (mean over seeds, sample std over seeds, number of seeds)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for k in METRICS:
+            by[r["model"]][k].append(r[k])
+    out = {}
+    for model, ms in by.items():
+        out[model] = {}
+        for k, v in ms.items():
+            a = np.asarray(v, dtype=float)
+            out[model][k] = (float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a))
+    return out
+
+
+def training_summary(histories: dict[tuple[str, int], pa.Table], last: int = 10) -> dict[str, dict[str, float]]:
+    """Per method, averaged over seeds: token entropy at the start and end of training, the share
+    of generated samples that carried no learning signal, and samples generated per step."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for (method, _seed), t in histories.items():
+        h = t.to_pydict()
+        n = len(h["step"])
+        tail = slice(max(0, n - last), n)
+        col = lambda k: [x for x in h.get(k, [])]  # noqa: E731
+        ent = col("token_entropy_mean")
+        if ent:
+            acc[method]["entropy_start"].append(float(np.mean(ent[: min(last, n)])))
+            acc[method]["entropy_end"].append(float(np.mean(ent[tail])))
+        gen = sum(x or 0 for x in col("sequences_generated"))
+        kept = sum(x or 0 for x in col("kept_sequences"))
+        zero = col("frac_zero_std_groups")
+        # Wasted samples: generated but dropped by a filter, or trained on with zero advantage
+        # (a group whose rewards are all equal contributes no policy gradient).
+        if gen:
+            acc[method]["samples_per_step"].append(gen / n)
+        if gen and method != "em_ft":  # EM-FT has no reward or advantage: every sample is trained on
+            dropped = 1 - kept / gen
+            trained_zero = (kept / gen) * (float(np.mean([z or 0 for z in zero])) if not _filters(h) else 0.0)
+            acc[method]["wasted_sample_fraction"].append(dropped + trained_zero)
+    return {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in acc.items()}
+
+
+def _filters(h: dict) -> bool:
+    """Whether a run filtered its groups (then every kept group had signal)."""
+    return any((x or 1) > 1 for x in h.get("gen_rounds", [])) or any(
+        (k or 0) < (g or 0) for k, g in zip(h.get("kept_sequences", []), h.get("sequences_generated", [])))
+
+
+def _fmt(mean: float, std: float, n: int, pct: bool = True) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    s = f"{100 * mean:.1f}" if pct else f"{mean:.3f}"
+    if n > 1:
+        s += f" ± {100 * std:.1f}" if pct else f" ± {std:.3f}"
+    return s
+
+
+def claims(summary: dict, training: dict, methods: list[str]) -> list[dict]:
+    """Each seed-paper claim with whether it holds here and the numbers behind the verdict."""
+    S = lambda m, k="sampled_acc": summary[m][k] if m in summary else (float("nan"), 0.0, 0)  # noqa: E731
+    base, base_sd, _ = S(BASE)
+    out = []
+
+    def add(claim, holds, evidence):
+        out.append({"claim": claim, "holds": holds, "evidence": evidence})
+
+    def beats(m):
+        mean, sd, n = S(m)
+        return mean > base, f"{m} {_fmt(mean, sd, n)} vs base {_fmt(base, base_sd, n)} (sampled avg@k, %)"
+
+    sup = [m for m in ("grpo", "dapo") if m in summary]
+    if "empo" in summary and sup:
+        ref = float(np.mean([S(m)[0] for m in sup]))
+        e, e_sd, n = S("empo")
+        tol = max(MATCH_TOL, 2 * max([e_sd] + [S(m)[1] for m in sup]))
+        add("EMPO, with no labels, about matches supervised GRPO/DAPO", abs(e - ref) <= tol,
+            f"EMPO {_fmt(e, e_sd, n)} vs mean of {'/'.join(sup)} {100 * ref:.1f} (tolerance ±{100 * tol:.1f} points)")
+    for m in [x for x in ("grpo", "dapo", "empo") if x in summary]:
+        h, ev = beats(m)
+        add(f"{m.upper()} beats the base model", h, ev)
+    for m in [x for x in ("em_ft", "em_rl") if x in summary]:
+        h, ev = beats(m)
+        add(f"{m.upper().replace('_', '-')} improves over the base without labels", h, ev)
+    if BASE_EM_INF in summary:
+        mean, sd, n = S(BASE_EM_INF)
+        add("EM-INF improves a model at inference time", mean > base,
+            f"base+EM-INF {_fmt(mean, sd, n)} vs base {_fmt(base, base_sd, n)} (sampled avg@k, %)")
+    if "dapo" in training and "grpo" in training:
+        d, g = training["dapo"], training["grpo"]
+        add("DAPO keeps token entropy from collapsing compared with GRPO",
+            d.get("entropy_end", 0) > g.get("entropy_end", 0),
+            f"token entropy start→end of training: DAPO {d.get('entropy_start', float('nan')):.3f}→"
+            f"{d.get('entropy_end', float('nan')):.3f}, GRPO {g.get('entropy_start', float('nan')):.3f}→"
+            f"{g.get('entropy_end', float('nan')):.3f} nats")
+        add("DAPO wastes fewer samples than GRPO",
+            d.get("wasted_sample_fraction", 1) < g.get("wasted_sample_fraction", 1),
+            f"samples without learning signal (dropped by a filter or zero advantage): DAPO "
+            f"{100 * d.get('wasted_sample_fraction', float('nan')):.1f}% of {d.get('samples_per_step', 0):.0f}/step, "
+            f"GRPO {100 * g.get('wasted_sample_fraction', float('nan')):.1f}% of {g.get('samples_per_step', 0):.0f}/step")
+    for m in [x for x in ("dapo", "empo") if x in summary]:
+        mean, sd, n = S(m)
+        gm, _, _ = S(m, "greedy_acc")
+        bg, _, _ = S(BASE, "greedy_acc")
+        add(f"Target: {m.upper()} at least +5 points over the base (sampled avg@k), greedy not below the base's",
+            mean - base >= TARGET_GAIN and gm >= bg,
+            f"{m} {100 * (mean - base):+.1f} points sampled, greedy {100 * gm:.1f} vs base {100 * bg:.1f}")
+    return out
+
+
+def render(summary: dict, training: dict, claim_rows: list[dict], models: list[str], kmax: int, n_seeds: int,
+           base_sc_gain: tuple[float, float, int] | None) -> str:
+    lines = ["# Reasoning RL: methods side by side", "",
+             f"Held-out test split; greedy pass@1, sampled (T=1) accuracy as avg@{kmax}, majority-of-{kmax} "
+             f"and pass@{kmax}. Mean ± standard deviation over {n_seeds} seed(s) of RL training and "
+             f"evaluation sampling (the base model is shared).", "",
+             f"| model | greedy (%) | sampled avg@{kmax} (%) | maj@{kmax} (%) | pass@{kmax} (%) | token entropy (nats) "
+             f"| length (tokens) |",
+             "|---|---|---|---|---|---|---|"]
+    for m in models:
+        if m not in summary:
+            continue
+        s = summary[m]
+        lines.append(f"| {m} | {_fmt(*s['greedy_acc'])} | {_fmt(*s['sampled_acc'])} | {_fmt(*s['maj_acc'])} | "
+                     f"{_fmt(*s['pass_acc'])} | {_fmt(*s['mean_token_entropy'], pct=False)} | "
+                     f"{_fmt(*s['mean_length'], pct=False)} |")
+    lines += ["", "## Claims of the seed papers at this scale", "", "| claim | holds here? | numbers |", "|---|---|---|"]
+    for c in claim_rows:
+        lines.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |")
+    if base_sc_gain is not None:
+        lines += ["", f"The base model's self-consistency gain (maj@{kmax} − greedy) is "
+                      f"{_fmt(*base_sc_gain)} points: EMPO's majority-style reward can only beat the base's greedy "
+                      "accuracy where the majority answer is right more often than the greedy one."]
+    if training:
+        lines += ["", "## Training", "", "| method | token entropy start → end | samples/step | wasted samples |",
+                  "|---|---|---|---|"]
+        for m, t in training.items():
+            wasted = t.get("wasted_sample_fraction")
+            lines.append(f"| {m} | {t.get('entropy_start', float('nan')):.3f} → {t.get('entropy_end', float('nan')):.3f} | "
+                         f"{t.get('samples_per_step', float('nan')):.0f} | "
+                         f"{'n/a (no reward)' if wasted is None else f'{100 * wasted:.1f}%'} |")
+    lines += ["", "![accuracy](accuracy.png)", "", "![curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(summary: dict, models: list[str], kmax: int, out: Path) -> Path:
+    models = [m for m in models if m in summary]
+    keys = [("greedy_acc", "greedy"), ("sampled_acc", f"sampled avg@{kmax}"), ("maj_acc", f"maj@{kmax}")]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    w = 0.8 / len(keys)
+    for i, (k, label) in enumerate(keys):
+        ax.bar([x + i * w for x in range(len(models))], [100 * summary[m][k][0] for m in models], w,
+               yerr=[100 * summary[m][k][1] for m in models], capsize=3, label=label)
+    ax.set_xticks([x + w for x in range(len(models))], models)
+    ax.set_ylabel("accuracy (%)"), ax.set_ylim(0, 100), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8)
+    ax.set_title("Held-out accuracy per method (mean ± sd over seeds)")
+    fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
+    return out
+
+
+def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[str, int], pa.Table], out: Path) -> Path:
+    panels = [("reward_mean", "batch reward"), ("accuracy", "batch accuracy (labels, diagnostic)"),
+              ("token_entropy_mean", "token entropy (nats)"), ("response_length_mean", "response length (tokens)")]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2))
+    methods = sorted({m for m, _ in histories})
+    for ax, (key, title) in zip(axes, panels):
+        for m in methods:
+            series = [t.to_pydict() for (mm, _), t in histories.items() if mm == m and key in t.column_names]
+            if not series:
+                continue
+            n = min(len(s["step"]) for s in series)
+            y = np.nanmean([[v if v is not None else np.nan for v in s[key][:n]] for s in series], axis=0)
+            k = max(1, n // 20)  # moving average over ~5% of the run, for readability
+            ys = np.convolve(np.nan_to_num(y), np.ones(k) / k, mode="valid")
+            ax.plot(series[0]["step"][k - 1:n], ys, label=m, lw=1.2)
+        ax.set_title(title, fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
+    ax = axes[-1]
+    for m in methods:
+        series = [t.to_pydict() for (mm, _), t in evals.items() if mm == m]
+        if series:
+            n = min(len(s["step"]) for s in series)
+            ax.plot(series[0]["step"][:n], [100 * np.mean([s["eval_sampled_acc"][i] for s in series]) for i in range(n)],
+                    marker="o", ms=3, label=m)
+    ax.set_title("held-out sampled accuracy (%)", fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(out, dpi=100), plt.close(fig)
+    return out

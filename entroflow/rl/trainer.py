@@ -1,0 +1,521 @@
+"""One RL training loop for GRPO, DAPO, EMPO, EM-RL and EM-FT.
+
+Every method is the same loop with different pieces switched on (see :data:`METHOD_PRESETS`);
+the math lives in :mod:`entroflow.rl.objectives`. One step ``k``:
+
+1. **prompts**: batch ``k`` of a seeded permutation of the training prompts, so the data order
+   is a function of (seed, step) and a resumed run sees exactly the prompts it would have seen;
+2. **rollout**: ``G`` samples per prompt from the current policy through the spine's rollout
+   engine, seeded per (step, round, prompt, sample);
+3. **old log-probs**: one no-grad trainer forward over every sequence *before* any update
+   (as verl does), so the first mini-batch has ratio exactly 1; the gap to the engine's own
+   log-probs is logged as ``logp_gap`` (a rollout/trainer misalignment shows up there first);
+4. **reward**: correctness (+1/-1, DAPO Eq. 7), EMPO cluster probability (no labels), EM-RL
+   sequence log-prob or negative token entropy, or a trivial token-frequency reward used to
+   prove the trainer; plus DAPO's soft overlong penalty when on;
+5. **filter**: DAPO dynamic sampling drops groups whose rewards are all equal and samples
+   further rounds of fresh prompts until ``prompts_per_step`` informative groups are kept or
+   ``max_gen_rounds`` is reached (then it trains on what it has and warns, never crashes);
+   EMPO's optional band filter keeps groups with ``empo_low <= p_max < 1``;
+6. **advantage**: group-normalised (GRPO/DAPO/EMPO), Dr.GRPO (no std) or RLOO (EM-RL);
+7. **update**: ``ppo_epochs`` passes over shuffled mini-batches; each mini-batch is one AdamW
+   step, accumulated over micro-batches with the mini-batch's *global* token (or sequence)
+   count as normaliser, so the gradient does not depend on the micro-batch split. EM-FT
+   replaces the policy loss by the token entropy of the sampled outputs.
+
+Checkpoints (Hugging Face model + optimiser + RNG + history) are written atomically every
+``checkpoint_every`` steps into a work dir that outlives a killed process; a new trainer on the
+same work dir resumes from the last one and continues exactly as the uninterrupted run would.
+A non-finite loss stops training with :class:`FloatingPointError`, keeping the last good
+checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file
+
+from entroflow import answers
+from entroflow.rl import objectives as obj
+from entroflow.rl.settings import METHOD_PRESETS, TrainConfig  # noqa: F401  (re-exported)
+from entroflow.rollout import HFRolloutEngine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Batch:
+    """The sequences of one RL step, one entry per (prompt, sample)."""
+
+    prompt_ids: list[str] = field(default_factory=list)
+    group: list[int] = field(default_factory=list)
+    sample_idx: list[int] = field(default_factory=list)
+    prompt_tokens: list[list[int]] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    rollout_logprobs: list[np.ndarray] = field(default_factory=list)
+    finish: list[str] = field(default_factory=list)
+    answer: list[str | None] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+    gen_round: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def select(self, idx: list[int]) -> "Batch":
+        return Batch(**{k: [getattr(self, k)[i] for i in idx] for k in self.__dataclass_fields__})
+
+    def extend(self, other: "Batch") -> None:
+        for k in self.__dataclass_fields__:
+            getattr(self, k).extend(getattr(other, k))
+
+
+def sequence_logits(model, prompt_tokens: list[list[int]], tokens: list[list[int]], pad_id: int):
+    """Logits that predict each completion token, ``[B, C, V]``, and the completion mask.
+
+    Layout: prompts left-padded to P, completions right-padded to C, so row ``b`` is
+    ``[pad.. prompt | completion ..pad]`` and the logits at positions ``P-1 .. P+C-2`` predict
+    completion tokens ``0 .. C-1``. Position ids come from the attention-mask cumsum, exactly as
+    in the rollout engine, so left padding does not shift RoPE positions and the trainer's
+    log-probs match the sampler's.
+    """
+    B = len(tokens)
+    P = max(len(p) for p in prompt_tokens)
+    C = max(1, max(len(t) for t in tokens))
+    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + C), dtype=torch.long)
+    for b, (p, t) in enumerate(zip(prompt_tokens, tokens)):
+        ids[b, P - len(p):P] = torch.tensor(p)
+        attn[b, P - len(p):P] = 1
+        if t:
+            ids[b, P:P + len(t)] = torch.tensor(t)
+            attn[b, P:P + len(t)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
+    logits = out.logits[:, P - 1:P + C - 1].float()
+    mask = attn[:, P:P + C].bool().to(device)
+    return logits, ids[:, P:P + C].to(device), mask
+
+
+def _step_seed(seed: int, *parts) -> int:
+    h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 62) - 1)
+
+
+class RLTrainer:
+    """Trains ``model`` in place on ``prompts`` (dicts with id, prompt and, for diagnostics and
+    the correctness reward, answer) with the method described by ``cfg``."""
+
+    def __init__(self, model, tokenizer, cfg: TrainConfig, prompts: list[dict], work_dir: Path | None = None,
+                 eval_prompts: list[dict] | None = None, step_callback: Callable[[int, dict], None] | None = None):
+        self.cfg, self.tok, self.prompts = cfg, tokenizer, prompts
+        # A fixed random subset (the same for every method and seed): the test split is ordered
+        # by difficulty level, so its head would be all easy problems.
+        pool = list(eval_prompts or [])
+        self.eval_prompts = random.Random(0).sample(pool, min(cfg.eval_prompts, len(pool)))
+        self.device = torch.device(cfg.device)
+        self.model = model.to(self.device)
+        self.pad_id = tokenizer.pad_token_id
+        self.engine = HFRolloutEngine(self.model, tokenizer, batch_size=cfg.rollout_batch_size, device=self.device)
+        self.ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+        self.work_dir = Path(work_dir) if work_dir else None
+        self.step_callback = step_callback
+        self.history: list[dict] = []
+        self.evals: list[dict] = []  # held-out accuracy at step 0 and every eval_every steps
+        self.step = 0
+        self.has_labels = bool(prompts) and all("answer" in p for p in prompts)
+        if cfg.reward == "correct" and not self.has_labels:
+            raise ValueError("the 'correct' reward needs an answer for every training prompt")
+        self.target_id = tokenizer.convert_tokens_to_ids(cfg.target_token) if cfg.reward == "token_frequency" else None
+        order = list(range(len(prompts)))
+        random.Random(cfg.seed).shuffle(order)
+        self.order = order
+        self.rng = random.Random(_step_seed(cfg.seed, "minibatch-shuffle"))
+        torch.manual_seed(cfg.seed)
+        if self.work_dir:
+            self._resume()
+
+    # ---------------------------------------------------------------- data and rollouts
+    def _prompts_for(self, step: int, rnd: int) -> list[dict]:
+        """Deterministic prompts of (step, round): consecutive slices of the seeded permutation."""
+        n, P, R = len(self.order), self.cfg.prompts_per_step, self.cfg.max_gen_rounds
+        start = (step * R + rnd) * P
+        return [self.prompts[self.order[(start + i) % n]] for i in range(P)]
+
+    def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of the distribution the tokens were sampled from (verl divides by the rollout
+        temperature in both the old and the new log-probs; a no-op at T = 1)."""
+        t = self.cfg.temperature
+        return logits / t if t not in (0.0, 1.0) else logits
+
+    def _autocast(self):
+        if self.cfg.dtype == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def _rollout(self, step: int, rnd: int, group_offset: int) -> Batch:
+        cfg = self.cfg
+        prompts = self._prompts_for(step, rnd)
+        params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                max_new_tokens=cfg.max_new_tokens, seed=_step_seed(cfg.seed, "rollout", step, rnd))
+        ids = [f"{p['id']}@{step}.{rnd}.{i}" for i, p in enumerate(prompts)]  # unique even if a prompt repeats
+        with self._autocast():
+            table = self.engine.generate([p["prompt"] for p in prompts], ids, params)
+        by_id = {i: (g + group_offset, p) for g, (i, p) in enumerate(zip(ids, prompts))}
+        b = Batch()
+        for r in table.to_pylist():
+            g, p = by_id[r["prompt_id"]]
+            ans = answers.extract(r["text"], cfg.answer_format)
+            b.prompt_ids.append(p["id"]), b.group.append(g), b.sample_idx.append(r["sample_idx"])
+            b.prompt_tokens.append(r["prompt_token_ids"]), b.tokens.append(r["token_ids"]), b.text.append(r["text"])
+            b.rollout_logprobs.append(np.asarray(r["logprobs"], dtype=np.float32)), b.finish.append(r["finish_reason"])
+            b.answer.append(ans)
+            # Correctness is computed for every method as a diagnostic; only the `correct`
+            # reward reads it (label-free methods never see it: see _rewards).
+            b.correct.append(ans is not None and "answer" in p and answers.is_correct(ans, p["answer"], cfg.answer_format))
+            b.gen_round.append(rnd)
+        return b
+
+    @torch.no_grad()
+    def _old_logprobs(self, b: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per-sequence token log-probs and entropies of the current policy (and the reference)."""
+        logps, ents, refs = [], [], [] if self.ref_model is not None else None
+        self.model.eval()
+        mb = self.cfg.micro_batch_size
+        for i in range(0, len(b), mb):
+            sl = slice(i, i + mb)
+            with self._autocast():
+                logits, targets, mask = sequence_logits(self.model, b.prompt_tokens[sl], b.tokens[sl], self.pad_id)
+            logits = self._tempered(logits)
+            lp, en = obj.token_logprobs(logits, targets), obj.token_entropy(logits)
+            if refs is not None:
+                with self._autocast():
+                    rl, rt, _ = sequence_logits(self.ref_model, b.prompt_tokens[sl], b.tokens[sl], self.pad_id)
+                rlp = obj.token_logprobs(self._tempered(rl), rt)
+            for j in range(len(b.tokens[sl])):
+                n = int(mask[j].sum())
+                logps.append(lp[j, :n].cpu()), ents.append(en[j, :n].cpu())
+                if refs is not None:
+                    refs.append(rlp[j, :n].cpu())
+        return logps, ents, refs
+
+    def _rewards(self, b: Batch, logps, ents) -> tuple[torch.Tensor, dict]:
+        """Scalar reward per sequence. Only the `correct` reward reads labels (``b.correct``)."""
+        cfg, info = self.cfg, {}
+        if cfg.reward == "correct":
+            r = torch.tensor([1.0 if c else -1.0 for c in b.correct])
+        elif cfg.reward == "empo":
+            r, sem_h, p_max = obj.empo_rewards(b.answer, b.group, cfg.answer_format)
+            info["semantic_entropy"], info["p_max"] = sem_h, p_max
+        elif cfg.reward == "em_sequence":
+            r = obj.em_rl_rewards("sequence", logps)
+        elif cfg.reward == "em_token":
+            r = obj.em_rl_rewards("token", ents)
+        elif cfg.reward == "token_frequency":
+            r = torch.tensor([sum(t == self.target_id for t in toks) / max(1, len(toks)) for toks in b.tokens])
+        else:
+            r = torch.zeros(len(b))
+        # Dynamic sampling filters on the outcome score alone (DAPO: 0 < #correct < G; verl's
+        # filter metric is accuracy): length differences must not make a group look informative.
+        info["filter_metric"] = r.float()
+        if cfg.overlong:
+            pen = obj.overlong_penalty(torch.tensor([len(t) for t in b.tokens]), cfg.max_new_tokens,
+                                       cfg.overlong_cache, cfg.overlong_factor)
+            info["overlong_penalty"] = float(pen.mean())
+            r = r + pen
+        return r.float(), info
+
+    def collect(self, step: int) -> tuple[Batch, torch.Tensor, dict, list, list, list | None]:
+        """Rollouts, rewards and filtering for one step (several rounds under dynamic sampling)."""
+        cfg = self.cfg
+        kept = Batch()
+        kept_r, kept_lp, kept_en, kept_ref = [], [], [], []
+        stats = {"gen_rounds": 0, "groups_seen": 0, "zero_std_groups": 0, "rollout_s": 0.0, "reward_s": 0.0,
+                 "sequences_generated": 0}
+        sem, pmax, logp_gap, all_correct, all_rewards, overlong = [], [], [], [], [], []
+        for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling or cfg.empo_filter else 1):
+            t0 = time.perf_counter()
+            b = self._rollout(step, rnd, group_offset=rnd * cfg.prompts_per_step)
+            t1 = time.perf_counter()
+            lps, ens, refs = self._old_logprobs(b)
+            r, info = self._rewards(b, lps, ens)
+            stats["rollout_s"] += t1 - t0
+            stats["reward_s"] += time.perf_counter() - t1
+            stats["gen_rounds"] += 1
+            stats["sequences_generated"] += len(b)
+            all_correct += b.correct
+            all_rewards += r.tolist()
+            if "overlong_penalty" in info:
+                overlong.append(info["overlong_penalty"])
+            for i in range(len(b)):
+                if len(lps[i]):
+                    logp_gap.append(float((lps[i] - torch.from_numpy(b.rollout_logprobs[i][: len(lps[i])])).abs().max()))
+            gids = torch.tensor(b.group)
+            informative = obj.keep_informative_groups(info["filter_metric"], gids)
+            groups = sorted(set(b.group))
+            stats["groups_seen"] += len(groups)
+            stats["zero_std_groups"] += sum(1 for g in groups if not bool(informative[gids == g].any()))
+            keep = informative if cfg.dynamic_sampling else torch.ones(len(b), dtype=torch.bool)
+            if cfg.reward == "empo":
+                sem += list(info["semantic_entropy"].values())
+                pmax += list(info["p_max"].values())
+                if cfg.empo_filter:
+                    band = obj.empo_keep(info["p_max"], low=cfg.empo_low)
+                    keep = keep & torch.tensor([g in band for g in b.group])
+            need = cfg.prompts_per_step - len(set(kept.group))
+            keep_groups = [g for g in groups if bool(keep[gids == g].all())][:need]
+            idx = [i for i in range(len(b)) if b.group[i] in keep_groups]
+            kept.extend(b.select(idx))
+            kept_r += [r[i] for i in idx]
+            kept_lp += [lps[i] for i in idx]
+            kept_en += [ens[i] for i in idx]
+            if refs is not None:
+                kept_ref += [refs[i] for i in idx]
+            if len(set(kept.group)) >= cfg.prompts_per_step:
+                break
+        else:
+            if cfg.dynamic_sampling or cfg.empo_filter:
+                warnings.warn(f"step {step}: only {len(set(kept.group))}/{cfg.prompts_per_step} informative groups "
+                              f"after {cfg.max_gen_rounds} generation rounds; training on what was kept",
+                              RuntimeWarning, stacklevel=2)
+        rewards = torch.stack(kept_r) if kept_r else torch.zeros(0)
+        lengths = [len(t) for t in kept.tokens] or [0]
+        ent_all = torch.cat(kept_en) if kept_en and sum(len(e) for e in kept_en) else torch.zeros(1)
+        q = torch.quantile(ent_all.float(), torch.tensor([0.1, 0.5, 0.9])).tolist()
+        stats.update({
+            "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
+            "accuracy": float(np.mean(all_correct)) if self.has_labels else None,
+            "frac_zero_std_groups": stats["zero_std_groups"] / max(1, stats["groups_seen"]),
+            "kept_prompt_ratio": len(set(kept.group)) / max(1, stats["groups_seen"]),
+            "kept_sequences": len(kept), "response_length_mean": float(np.mean(lengths)),
+            "response_length_max": float(max(lengths)),
+            "response_clip_ratio": float(np.mean([f == "length" for f in kept.finish])) if len(kept) else 0.0,
+            "token_entropy_mean": float(ent_all.mean()), "token_entropy_p10": q[0], "token_entropy_p50": q[1],
+            "token_entropy_p90": q[2],
+            "logp_gap_max": max(logp_gap) if logp_gap else 0.0,
+            "logp_gap_mean": float(np.mean(logp_gap)) if logp_gap else 0.0,
+        })
+        if overlong:
+            stats["overlong_penalty"] = float(np.mean(overlong))
+        if sem:
+            stats["semantic_entropy"], stats["empo_p_max"] = float(np.mean(sem)), float(np.mean(pmax))
+        return kept, rewards, stats, kept_lp, kept_en, (kept_ref if self.ref_model is not None else None)
+
+    # ---------------------------------------------------------------- update
+    def _lr(self, step: int) -> float:
+        w = self.cfg.warmup_steps
+        return self.cfg.lr * min(1.0, (step + 1) / w) if w > 0 else self.cfg.lr
+
+    def update(self, b: Batch, advantages: torch.Tensor, old_lp: list, refs: list | None) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr(self.step)
+        n = len(b)
+        sums = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "kl_ref": 0.0,
+                "grad_norm": 0.0, "entropy_loss": 0.0}
+        n_updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = list(range(n))
+            self.rng.shuffle(order)
+            for s in range(0, n, cfg.mini_batch_size):
+                mb = order[s:s + cfg.mini_batch_size]
+                n_tok = sum(len(b.tokens[i]) for i in mb)
+                normalizer = float(n_tok if cfg.loss_agg == "token-mean" else sum(1 for i in mb if b.tokens[i]))
+                if normalizer == 0:
+                    continue
+                self.opt.zero_grad(set_to_none=True)
+                mb_loss, mb_stats = 0.0, {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "kl_ref": 0.0}
+                for m in range(0, len(mb), cfg.micro_batch_size):
+                    idx = mb[m:m + cfg.micro_batch_size]
+                    with self._autocast():
+                        logits, targets, mask = sequence_logits(self.model, [b.prompt_tokens[i] for i in idx],
+                                                                [b.tokens[i] for i in idx], self.pad_id)
+                    logits = self._tempered(logits)
+                    frac = mask.sum().item() / max(1, n_tok)  # token share of this micro-batch, for stats
+                    if cfg.objective == "entropy":
+                        loss = obj.entropy_loss(logits, mask, normalizer=float(n_tok))
+                        mb_stats["entropy_loss"] = mb_stats.get("entropy_loss", 0.0) + loss.item()
+                    else:
+                        logp = obj.token_logprobs(logits, targets)
+                        old = _pad([old_lp[i] for i in idx], mask.shape[1]).to(logp.device)
+                        adv = advantages[idx].to(logp.device)
+                        loss, st = obj.policy_loss(logp, old, adv, mask, cfg.eps_low, cfg.eps_high, cfg.loss_agg,
+                                                   normalizer=normalizer, max_len=cfg.max_new_tokens)
+                        for k in ("clip_frac_low", "clip_frac_high", "approx_kl"):
+                            mb_stats[k] += st[k] * frac
+                        if refs is not None and cfg.kl_coef > 0:
+                            ref = _pad([refs[i] for i in idx], mask.shape[1]).to(logp.device)
+                            kl = obj.aggregate_tokens(obj.kl_k3(logp, ref), mask, cfg.loss_agg, normalizer,
+                                                      max_len=cfg.max_new_tokens)
+                            mb_stats["kl_ref"] += kl.item()
+                            loss = loss + cfg.kl_coef * kl
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"{cfg.method}: non-finite loss {loss.item()} at step {self.step}; "
+                                                 f"the last good checkpoint is kept")
+                    loss.backward()
+                    mb_loss += loss.item()
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not torch.isfinite(gn):
+                    raise FloatingPointError(f"{cfg.method}: non-finite gradient norm at step {self.step}")
+                self.opt.step()
+                n_updates += 1
+                sums["loss"] += mb_loss
+                sums["grad_norm"] += float(gn)
+                for k, v in mb_stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        self.model.eval()
+        out = {k: v / max(1, n_updates) for k, v in sums.items()}
+        out["updates"] = n_updates
+        out["lr"] = self._lr(self.step)
+        return out
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self) -> dict:
+        cfg, k = self.cfg, self.step
+        b, rewards, stats, old_lp, ents, refs = self.collect(k)
+        if len(b) == 0:
+            stats.update({"loss": 0.0, "updates": 0, "lr": self._lr(k)})
+        else:
+            gids = torch.tensor(b.group)
+            if cfg.advantage == "rloo":
+                adv = obj.rloo_advantages(rewards, gids)
+            else:
+                adv = obj.group_advantages(rewards, gids, scale_by_std=cfg.scale_by_std)
+            t0 = time.perf_counter()
+            stats.update(self.update(b, adv, old_lp, refs))
+            stats["update_s"] = time.perf_counter() - t0
+            self._write_rollouts(k, b, rewards, adv, old_lp, ents)
+        stats = {k2: v for k2, v in stats.items() if v is not None}
+        stats["step"] = k
+        if cfg.eval_every and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
+            ev = self.evaluate(k + 1)
+            stats.update(ev)
+            self.evals.append({"step": k + 1, **ev})
+        self.history.append(stats)
+        self.step += 1
+        if self.work_dir and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+            self.save_checkpoint()
+        if self.step_callback:
+            self.step_callback(k, stats)
+        return stats
+
+    def train(self) -> list[dict]:
+        if self.cfg.eval_every and self.step == 0 and not self.evals:
+            self.evals.append({"step": 0, **self.evaluate(0)})  # the starting point of the curve
+        while self.step < self.cfg.steps:
+            self.train_step()
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, at_step: int) -> dict:
+        """Held-out greedy and sampled (T=1) accuracy, for the training curve."""
+        if not self.eval_prompts:
+            return {}
+        out = {}
+        texts = [p["prompt"] for p in self.eval_prompts]
+        ids = [p["id"] for p in self.eval_prompts]
+        fmt = self.cfg.answer_format
+        for name, params in (("greedy", SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens)),
+                             ("sampled", SamplingParams(n=self.cfg.eval_samples, temperature=1.0,
+                                                        max_new_tokens=self.cfg.max_new_tokens,
+                                                        seed=_step_seed(self.cfg.seed, "eval", at_step)))):
+            with self._autocast():
+                t = self.engine.generate(texts, ids, params)
+            gold = {p["id"]: p["answer"] for p in self.eval_prompts}
+            ok = [answers.is_correct(answers.extract(x, fmt), gold[i], fmt)
+                  for x, i in zip(t["text"].to_pylist(), t["prompt_id"].to_pylist())]
+            out[f"eval_{name}_acc"] = float(np.mean(ok))
+        return out
+
+    # ---------------------------------------------------------------- persistence
+    def _write_rollouts(self, step, b: Batch, rewards, adv, old_lp, ents) -> None:
+        if not self.work_dir:
+            return
+        d = self.work_dir / "rollouts"
+        d.mkdir(parents=True, exist_ok=True)
+        table = pa.table({
+            "step": pa.array([step] * len(b), pa.int32()), "prompt_id": b.prompt_ids,
+            "sample_idx": pa.array(b.sample_idx, pa.int32()), "gen_round": pa.array(b.gen_round, pa.int32()),
+            "token_ids": pa.array(b.tokens, pa.list_(pa.int32())), "text": b.text,
+            "answer": pa.array(b.answer, pa.string()), "correct": pa.array(b.correct, pa.bool_()),
+            "reward": pa.array(rewards.tolist(), pa.float32()), "advantage": pa.array(adv.tolist(), pa.float32()),
+            "old_logprobs": pa.array([x.tolist() for x in old_lp], pa.list_(pa.float32())),
+            "entropies": pa.array([x.tolist() for x in ents], pa.list_(pa.float32())),
+            "finish_reason": b.finish, "kept": pa.array([True] * len(b), pa.bool_()),
+            "weight_version": pa.array([step] * len(b), pa.int32()),
+        })
+        tmp = d / f".step-{step:06d}.parquet.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(d / f"step-{step:06d}.parquet")
+
+    def save_checkpoint(self) -> Path:
+        root = self.work_dir / "checkpoints"
+        tmp = root / f".tmp-{self.step:06d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(str(tmp / "model"))
+        torch.save({"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "rng": self.rng.getstate()}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "history": self.history, "evals": self.evals}))
+        final = root / f"step-{self.step:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _resume(self) -> None:
+        ckpts = sorted((self.work_dir / "checkpoints").glob("step-*")) if (self.work_dir / "checkpoints").exists() else []
+        if not ckpts:
+            return
+        last = ckpts[-1]
+        state = json.loads((last / "state.json").read_text())
+        self.model.load_state_dict(load_file(str(last / "model" / "model.safetensors")), strict=False)
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+        blob = torch.load(last / "trainer.pt", weights_only=False)
+        self.opt.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+        self.rng.setstate(blob["rng"])
+        self.step, self.history, self.evals = state["step"], state["history"], state.get("evals", [])
+        # Rollouts of steps after the checkpoint belong to the lost attempt: they are redone.
+        for f in (self.work_dir / "rollouts").glob("step-*.parquet") if (self.work_dir / "rollouts").exists() else []:
+            if int(f.stem.split("-")[1]) >= self.step:
+                f.unlink()
+        log.info("resumed %s from %s at step %d", self.cfg.method, last, self.step)
+
+
+def _pad(seqs: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+def history_table(history: list[dict]) -> pa.Table:
+    keys = sorted({k for h in history for k in h} - {"step"})
+    cols = {"step": pa.array([h["step"] for h in history], pa.int64())}
+    for k in keys:
+        cols[k] = pa.array([float(h[k]) if k in h and h[k] is not None and not (isinstance(h[k], float) and math.isnan(h[k]))
+                            else None for h in history], pa.float64())
+    return pa.table(cols)

@@ -1,0 +1,57 @@
+"""The ``reasoning`` comparison, run by the pipeline flow after the spine when the config has an
+``rl`` section:
+
+    base model --+--> rollout/evaluate [base]            (and with EM-INF decoding)
+                 +--> train_rl [method, seed] --> rollout/evaluate [method, seed]
+                                                          \\--> compare (table, claims, plots)
+
+One cached ``train_rl`` stage per (method, seed); each stage is its own MLflow child run, so the
+UI compares methods directly. The base model's evaluation at the spine's seed is the spine's own
+``rollout``/``evaluate`` output (same key), so it is not recomputed.
+"""
+from __future__ import annotations
+
+import json
+
+from entroflow.config import PipelineConfig
+from tasks.compare import compare
+from tasks.evaluate import evaluate
+from tasks.rollout import rollout
+from tasks.train_rl import train_rl
+
+
+def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
+    d = cfg.model_dump(mode="json")
+    rl = cfg.rl
+    data, base = refs["generate_data"], refs["pretrain_base"]
+    fmt = json.loads((runner.store.resolve(data) / "world.json").read_text())["answer_format"]
+    parents: dict[str, dict] = {}
+    labels: list[str] = []
+
+    def evaluate_model(model_ref: dict, model_label: str, seed: int, name: str, em_inf: dict | None = None) -> dict:
+        tag = f"{name},s{seed}"
+        r = runner.run(rollout, {"seed": seed, "rollout": {**d["rollout"], "em_inf": em_inf}},
+                       {"generate_data": data, "model": model_ref}, label=f"rollout[{tag}]",
+                       parent_labels=["generate_data", model_label])
+        e = runner.run(evaluate, {"evaluate": d["evaluate"]}, {"generate_data": data, "rollout": r},
+                       label=f"evaluate[{tag}]", parent_labels=[f"rollout[{tag}]"])
+        labels.append(f"evaluate[{tag}]")
+        return e
+
+    for seed in rl.seeds:
+        parents[f"evaluate/base/{seed}"] = evaluate_model(base, "pretrain_base", seed, "base")
+        if rl.eval_em_inf:
+            parents[f"evaluate/base+em_inf/{seed}"] = evaluate_model(base, "pretrain_base", seed, "base+em_inf",
+                                                                     em_inf=d["rl"]["em_inf"])
+        for method in rl.methods:
+            label = f"train_rl[{method},s{seed}]"
+            t = runner.run(train_rl, {"seed": seed, "train": rl.train_config(method, seed, fmt)},
+                           {"generate_data": data, "model": base}, label=label,
+                           parent_labels=["generate_data", "pretrain_base"])
+            labels.append(label)
+            parents[f"train/{method}/{seed}"] = t
+            parents[f"evaluate/{method}/{seed}"] = evaluate_model(t, label, seed, method)
+    c = runner.run(compare, {"rl": d["rl"], "evaluate": d["evaluate"], "rollout": d["rollout"]}, parents,
+                   label="compare", parent_labels=labels)
+    metrics = runner.store.manifest(c)["metrics"]
+    return {"comparison_metrics": {f"compare/{k}": v for k, v in metrics.items()}}
