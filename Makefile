@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rollout.py
+	$(PY) benchmarks/bench_rl_step.py
 	$(PY) benchmarks/bench_pipeline.py
 
 clean-workspace:

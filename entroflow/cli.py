@@ -87,14 +87,15 @@ def stages(config: ConfigArg = DEFAULT_CONFIG, set_: SetOpt = None,
     from flows.pipeline import DAG, plan
 
     rows = plan(cfg, force or [])
-    parents = {n.stage.name: ", ".join(n.parents) or "-" for n in DAG}
+    parents = {n.stage.name: ", ".join(n.parents.values()) or "-" for n in DAG}
     t = Table(title=f"DAG of {cfg.name} (workspace {workspace.home()})")
     for col in ("stage", "after", "next run", "key", "why"):
         t.add_column(col, overflow="fold")
     for r in rows:
         color = {"cached": "green", "run": "yellow"}.get(r["status"], "dim")
         label = {"cached": "Cached", "run": "will run"}.get(r["status"], r["status"])
-        t.add_row(r["stage"], parents[r["stage"]], f"[{color}]{label}[/]", r["key"][:12], r["why"])
+        t.add_row(escape(r["stage"]), parents.get(r["stage"], "base model"), f"[{color}]{label}[/]", r["key"][:12],
+                  escape(r["why"]))
     console.print(t)
 
 

@@ -102,7 +102,45 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
             why = why + _diff_from_latest(store, node.stage, section, parents)
         refs[name] = ref.model_dump() if ref else None
         rows.append({"stage": name, "status": "cached" if ref else "run", "key": key, "why": why})
+    if cfg.rl is not None:
+        if refs.get("generate_data") is None or refs.get("pretrain_base") is None:
+            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "status": "run", "key": "?",
+                         "why": "the base model or data will be rebuilt first"})
+        else:
+            from flows.reasoning import run_reasoning
+
+            planner = _Planner(store, forced)
+            run_reasoning(planner, cfg, refs)
+            rows += planner.rows
     return rows
+
+
+@dataclass
+class _Planner:
+    """Stands in for :class:`Runner` to plan the reasoning stages: looks outputs up, runs nothing."""
+
+    store: Store
+    force: set[str]
+    rows: list[dict] = field(default_factory=list)
+    pending: set[str] = field(default_factory=set)
+
+    def run(self, stage: Stage, section: dict, parents: dict, label: str | None = None,
+            parent_labels: list[str] = ()) -> dict | None:
+        label = label or stage.name
+        waiting = [p for p in parent_labels if p in self.pending]
+        if waiting or any(v is None for v in parents.values()):
+            self.pending.add(label)
+            self.rows.append({"stage": label, "status": "run", "key": "?",
+                              "why": f"upstream {', '.join(waiting) or 'stage'} will run, so its key is not known yet"})
+            return None
+        key = stage.key(section, parents)
+        ref, why = self.store.lookup(stage.name, key)
+        if stage.name in self.force:
+            ref, why = None, "forced (--force)"
+        if ref is None:
+            self.pending.add(label)
+        self.rows.append({"stage": label, "status": "cached" if ref else "run", "key": key, "why": why})
+        return ref.model_dump() if ref else None
 
 
 def _diff_from_latest(store: Store, stage: Stage, section: dict, parents: dict) -> str:

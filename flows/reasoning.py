@@ -53,5 +53,7 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
             parents[f"evaluate/{method}/{seed}"] = evaluate_model(t, label, seed, method)
     c = runner.run(compare, {"rl": d["rl"], "evaluate": d["evaluate"], "rollout": d["rollout"]}, parents,
                    label="compare", parent_labels=labels)
+    if c is None:  # planning (entroflow stages): nothing ran
+        return {}
     metrics = runner.store.manifest(c)["metrics"]
     return {"comparison_metrics": {f"compare/{k}": v for k, v in metrics.items()}}

@@ -210,6 +210,15 @@ def test_cli_runs_lists_runs(ws):
     assert r.output.count("smoke") >= 5
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process this test started, by its pid (SIGTERM, then SIGKILL after 30 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _env(extra=None):
     env = {**os.environ, "ENTROFLOW_PROGRESS": "0", **(extra or {})}
     return env
@@ -238,11 +247,7 @@ def test_ui_serves_the_workspace(ws):
                 time.sleep(1)
         assert body and body["experiment"]["name"] == "entroflow"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     # Stopping `entroflow ui` stops the MLflow server it started: the port is free again.
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -274,11 +279,7 @@ def test_deploy_serves_a_cron_schedule(ws, prefect_server):
         assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
         assert dep.parameters["config_path"].endswith("configs/smoke.yaml")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_reasoning_flow_compares_methods(ws):
@@ -317,3 +318,14 @@ def test_reasoning_flow_compares_methods(ws):
     # Every RL step's rollouts are kept, so any reward can be recomputed later.
     rollouts = pq.read_table(Path(train_run.data.tags["output_path"]) / "rollouts")
     assert set(rollouts["step"].to_pylist()) == {0, 1, 2}
+
+
+def test_cli_stages_plans_the_reasoning_stages(ws):
+    """After the reasoning run, `stages` lists every train/rollout/evaluate/compare stage as Cached."""
+    from entroflow.cli import app
+
+    r = CliRunner().invoke(app, ["stages", str(REPO / "configs" / "smoke-rl.yaml")], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    for label in ("train_rl[dapo,s0]", "evaluate[base+em_inf,s0]", "compare"):
+        assert label in r.output
+    assert "will run" not in r.output, r.output  # every spine and reasoning stage is Cached

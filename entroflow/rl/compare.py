@@ -78,7 +78,11 @@ def training_summary(histories: dict[tuple[str, int], pa.Table], last: int = 10)
             dropped = 1 - kept / gen
             trained_zero = (kept / gen) * (float(np.mean([z or 0 for z in zero])) if not _filters(h) else 0.0)
             acc[method]["wasted_sample_fraction"].append(dropped + trained_zero)
-    return {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in acc.items()}
+    out = {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in acc.items()}
+    for m, d in acc.items():
+        if len(d.get("entropy_end", [])) > 1:
+            out[m]["entropy_end_sd"] = float(np.std(d["entropy_end"], ddof=1))
+    return out
 
 
 def _filters(h: dict) -> bool:
@@ -128,11 +132,18 @@ def claims(summary: dict, training: dict, methods: list[str]) -> list[dict]:
             f"base+EM-INF {_fmt(mean, sd, n)} vs base {_fmt(base, base_sd, n)} (sampled avg@k, %)")
     if "dapo" in training and "grpo" in training:
         d, g = training["dapo"], training["grpo"]
-        add("DAPO keeps token entropy from collapsing compared with GRPO",
-            d.get("entropy_end", 0) > g.get("entropy_end", 0),
+        diff = d.get("entropy_end", 0) - g.get("entropy_end", 0)
+        spread = max(d.get("entropy_end_sd", 0.0), g.get("entropy_end_sd", 0.0))
+        # A difference inside the seed-to-seed spread is not evidence either way.
+        verdict = diff > 0 and (spread == 0.0 or diff > spread)
+        note = (" (one seed: no spread estimate)" if spread == 0.0 else
+                f" (difference {diff:+.3f} vs seed spread {spread:.3f})")
+        add("DAPO keeps token entropy from collapsing compared with GRPO", verdict,
             f"token entropy start→end of training: DAPO {d.get('entropy_start', float('nan')):.3f}→"
             f"{d.get('entropy_end', float('nan')):.3f}, GRPO {g.get('entropy_start', float('nan')):.3f}→"
-            f"{g.get('entropy_end', float('nan')):.3f} nats")
+            f"{g.get('entropy_end', float('nan')):.3f} nats; both collapse by a factor of "
+            f"{g.get('entropy_start', 1) / max(g.get('entropy_end', 1e-9), 1e-9):.1f}-"
+            f"{d.get('entropy_start', 1) / max(d.get('entropy_end', 1e-9), 1e-9):.1f}{note}")
         add("DAPO wastes fewer samples than GRPO",
             d.get("wasted_sample_fraction", 1) < g.get("wasted_sample_fraction", 1),
             f"samples without learning signal (dropped by a filter or zero advantage): DAPO "
