@@ -324,7 +324,7 @@ def test_cli_stages_plans_the_reasoning_stages(ws):
     """After the reasoning run, `stages` lists every train/rollout/evaluate/compare stage as Cached."""
     from entroflow.cli import app
 
-    r = CliRunner().invoke(app, ["stages", str(REPO / "configs" / "smoke-rl.yaml")], terminal_width=250)
+    r = CliRunner().invoke(app, ["stages", str(REPO / "configs" / "smoke-rl.yaml")], env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
     for label in ("train_rl[dapo,s0]", "evaluate[base+em_inf,s0]", "compare"):
         assert label in r.output

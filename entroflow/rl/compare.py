@@ -214,6 +214,7 @@ def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[st
               ("token_entropy_mean", "token entropy (nats)"), ("response_length_mean", "response length (tokens)")]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2))
     methods = sorted({m for m, _ in histories})
+    color = {m: f"C{i}" for i, m in enumerate(methods)}  # the same colour for a method in every panel
     for ax, (key, title) in zip(axes, panels):
         for m in methods:
             series = [t.to_pydict() for (mm, _), t in histories.items() if mm == m and key in t.column_names]
@@ -223,7 +224,7 @@ def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[st
             y = np.nanmean([[v if v is not None else np.nan for v in s[key][:n]] for s in series], axis=0)
             k = max(1, n // 20)  # moving average over ~5% of the run, for readability
             ys = np.convolve(np.nan_to_num(y), np.ones(k) / k, mode="valid")
-            ax.plot(series[0]["step"][k - 1:n], ys, label=m, lw=1.2)
+            ax.plot(series[0]["step"][k - 1:n], ys, label=m, lw=1.2, color=color[m])
         ax.set_title(title, fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
     ax = axes[-1]
     for m in methods:
@@ -231,7 +232,7 @@ def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[st
         if series:
             n = min(len(s["step"]) for s in series)
             ax.plot(series[0]["step"][:n], [100 * np.mean([s["eval_sampled_acc"][i] for s in series]) for i in range(n)],
-                    marker="o", ms=3, label=m)
+                    marker="o", ms=3, label=m, color=color[m])
     ax.set_title("held-out sampled accuracy (%)", fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout(), fig.savefig(out, dpi=100), plt.close(fig)

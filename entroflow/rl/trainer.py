@@ -250,6 +250,7 @@ class RLTrainer:
         stats = {"gen_rounds": 0, "groups_seen": 0, "zero_std_groups": 0, "rollout_s": 0.0, "reward_s": 0.0,
                  "sequences_generated": 0}
         sem, pmax, logp_gap, all_correct, all_rewards, overlong = [], [], [], [], [], []
+        self.generated = []  # every round's sequences, kept or filtered, for the step's Parquet
         for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling or cfg.empo_filter else 1):
             t0 = time.perf_counter()
             b = self._rollout(step, rnd, group_offset=rnd * cfg.prompts_per_step)
@@ -282,6 +283,7 @@ class RLTrainer:
             need = cfg.prompts_per_step - len(set(kept.group))
             keep_groups = [g for g in groups if bool(keep[gids == g].all())][:need]
             idx = [i for i in range(len(b)) if b.group[i] in keep_groups]
+            self.generated.append((b, r, lps, ens, set(idx)))
             kept.extend(b.select(idx))
             kept_r += [r[i] for i in idx]
             kept_lp += [lps[i] for i in idx]
@@ -391,6 +393,7 @@ class RLTrainer:
     def train_step(self) -> dict:
         cfg, k = self.cfg, self.step
         b, rewards, stats, old_lp, ents, refs = self.collect(k)
+        adv = torch.zeros(0)
         if len(b) == 0:
             stats.update({"loss": 0.0, "updates": 0, "lr": self._lr(k)})
         else:
@@ -402,7 +405,7 @@ class RLTrainer:
             t0 = time.perf_counter()
             stats.update(self.update(b, adv, old_lp, refs))
             stats["update_s"] = time.perf_counter() - t0
-            self._write_rollouts(k, b, rewards, adv, old_lp, ents)
+        self._write_rollouts(k, adv)
         stats = {k2: v for k2, v in stats.items() if v is not None}
         stats["step"] = k
         if cfg.eval_every and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
@@ -446,22 +449,37 @@ class RLTrainer:
         return out
 
     # ---------------------------------------------------------------- persistence
-    def _write_rollouts(self, step, b: Batch, rewards, adv, old_lp, ents) -> None:
+    def _write_rollouts(self, step: int, kept_adv: torch.Tensor) -> None:
+        """Every sequence generated in the step, kept or filtered out, so any reward or advantage
+        can be recomputed later. ``kept_adv`` holds the advantages of the kept rows in order."""
         if not self.work_dir:
             return
+        cols = {k: [] for k in ("prompt_id", "sample_idx", "gen_round", "token_ids", "text", "answer", "correct",
+                                "reward", "advantage", "old_logprobs", "entropies", "finish_reason", "kept")}
+        it = iter(kept_adv.tolist())
+        for b, r, lps, ens, kept in self.generated:
+            for i in range(len(b)):
+                cols["prompt_id"].append(b.prompt_ids[i]), cols["sample_idx"].append(b.sample_idx[i])
+                cols["gen_round"].append(b.gen_round[i]), cols["token_ids"].append(b.tokens[i])
+                cols["text"].append(b.text[i]), cols["answer"].append(b.answer[i])
+                cols["correct"].append(b.correct[i] if self.has_labels else None)
+                cols["reward"].append(float(r[i])), cols["advantage"].append(next(it) if i in kept else 0.0)
+                cols["old_logprobs"].append(lps[i].tolist()), cols["entropies"].append(ens[i].tolist())
+                cols["finish_reason"].append(b.finish[i]), cols["kept"].append(i in kept)
+        n = len(cols["kept"])
+        table = pa.table({
+            "step": pa.array([step] * n, pa.int32()), "prompt_id": cols["prompt_id"],
+            "sample_idx": pa.array(cols["sample_idx"], pa.int32()), "gen_round": pa.array(cols["gen_round"], pa.int32()),
+            "token_ids": pa.array(cols["token_ids"], pa.list_(pa.int32())), "text": cols["text"],
+            "answer": pa.array(cols["answer"], pa.string()), "correct": pa.array(cols["correct"], pa.bool_()),
+            "reward": pa.array(cols["reward"], pa.float32()), "advantage": pa.array(cols["advantage"], pa.float32()),
+            "old_logprobs": pa.array(cols["old_logprobs"], pa.list_(pa.float32())),
+            "entropies": pa.array(cols["entropies"], pa.list_(pa.float32())),
+            "finish_reason": cols["finish_reason"], "kept": pa.array(cols["kept"], pa.bool_()),
+            "weight_version": pa.array([step] * n, pa.int32()),  # the policy that sampled them: before update k
+        })
         d = self.work_dir / "rollouts"
         d.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "step": pa.array([step] * len(b), pa.int32()), "prompt_id": b.prompt_ids,
-            "sample_idx": pa.array(b.sample_idx, pa.int32()), "gen_round": pa.array(b.gen_round, pa.int32()),
-            "token_ids": pa.array(b.tokens, pa.list_(pa.int32())), "text": b.text,
-            "answer": pa.array(b.answer, pa.string()), "correct": pa.array(b.correct, pa.bool_()),
-            "reward": pa.array(rewards.tolist(), pa.float32()), "advantage": pa.array(adv.tolist(), pa.float32()),
-            "old_logprobs": pa.array([x.tolist() for x in old_lp], pa.list_(pa.float32())),
-            "entropies": pa.array([x.tolist() for x in ents], pa.list_(pa.float32())),
-            "finish_reason": b.finish, "kept": pa.array([True] * len(b), pa.bool_()),
-            "weight_version": pa.array([step] * len(b), pa.int32()),
-        })
         tmp = d / f".step-{step:06d}.parquet.tmp"
         pq.write_table(table, tmp, compression="zstd")
         tmp.replace(d / f"step-{step:06d}.parquet")
