@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
 from entroflow import model as model_lib
 from entroflow import tokenizer as tok_lib
@@ -25,7 +24,6 @@ def pretrain_base(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
         (out.dir / "model_ref.json").write_text(json.dumps({"path": str(path), "digest": dir_digest(path)}))
         out.log(parameters=0)
         return
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = tok_lib.load(parents["build_tokenizer"] / "tokenizer")
     data_dir = parents["generate_data"]
     rows = pq.read_table(data_dir / "reasoning.parquet", columns=["split", "prompt", "completion"]).to_pylist()
