@@ -355,3 +355,9 @@ def test_rollout_parquet_per_step(world, model, tmp_path):
         for toks, lp, en in zip(d["token_ids"], d["old_logprobs"], d["entropies"]):
             assert len(toks) == len(lp) == len(en) > 0
             assert max(lp) <= 0 and min(en) >= 0
+
+
+def test_no_training_prompts_is_a_clear_error(world, model):
+    """A world without a train split (e.g. a test-only external file) stops with a clear error."""
+    with pytest.raises(ValueError, match="no training prompts"):
+        RLTrainer(model, world["tok"], make_cfg("empo"), [])

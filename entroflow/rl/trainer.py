@@ -140,7 +140,10 @@ class RLTrainer:
         self.history: list[dict] = []
         self.evals: list[dict] = []  # held-out accuracy at step 0 and every eval_every steps
         self.step = 0
-        self.has_labels = bool(prompts) and all("answer" in p for p in prompts)
+        if not prompts:
+            raise ValueError("RL has no training prompts (the data has no 'train' split; a test-only "
+                             "data.external file cannot be trained on)")
+        self.has_labels = all("answer" in p for p in prompts)
         if cfg.reward == "correct" and not self.has_labels:
             raise ValueError("the 'correct' reward needs an answer for every training prompt")
         self.target_id = tokenizer.convert_tokens_to_ids(cfg.target_token) if cfg.reward == "token_frequency" else None
