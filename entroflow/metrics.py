@@ -24,8 +24,9 @@ Across prompts every metric is the unweighted mean over prompts. :func:`summaris
 * mean_token_entropy = sum_r n_r * H_r / sum_r n_r over all rows, where H_r is the row's mean
   per-token entropy, i.e. the mean entropy over all generated tokens (rows with no tokens or no
   entropy do not contribute);
-* greedy_acc/level_<L> and maj@<kmax>/level_<L>, the same metrics restricted to prompts of
-  difficulty level L, with kmax the largest k evaluated.
+* greedy_acc/level_<L>, sampled_acc/level_<L> and maj@<kmax>/level_<L>, the same metrics
+  restricted to prompts of difficulty level L, with kmax the largest k evaluated, and
+  prompts/level_<L>, how many prompts that level has.
 """
 from __future__ import annotations
 
@@ -152,8 +153,14 @@ def summarise(table: pa.Table, ks: list[int], fmt: str) -> dict[str, float]:
     total = sum(n for n, _ in weighted)
     out["mean_token_entropy"] = sum(n * h for n, h in weighted) / total if total else math.nan
 
-    for lvl in sorted(greedy_by_level):
+    sampled_by_level: dict[int, list[bool]] = defaultdict(list)
+    for pid, rows in samples.items():
+        sampled_by_level[prompt_level[pid]].extend(ok for _, ok, _ in rows)
+    for lvl in sorted(set(greedy_by_level) | set(sampled_by_level)):
+        out[f"prompts/level_{lvl}"] = float(max(len(greedy_by_level[lvl]),
+                                                sum(p == lvl for p in prompt_level.values())))
         out[f"greedy_acc/level_{lvl}"] = _mean(greedy_by_level[lvl])
+        out[f"sampled_acc/level_{lvl}"] = _mean(sampled_by_level[lvl])
     if valid_ks:
         kmax = valid_ks[-1]
         maj_by_level: dict[int, list[bool]] = defaultdict(list)

@@ -5,7 +5,6 @@ computed here that a stage did not measure, so the report cannot disagree with M
 """
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 
 import matplotlib
@@ -35,32 +34,13 @@ def plot_loss(history: Path, out: Path) -> Path | None:
     return out
 
 
-def per_level_accuracy(evaluation: pa.Table, kmax: int) -> dict[int, dict[str, float]]:
-    """Greedy, sampled (mean over samples) and majority-of-kmax accuracy per difficulty level."""
-    rows = evaluation.to_pylist()
-    by = collections.defaultdict(lambda: {"greedy": [], "sampled": [], "groups": collections.defaultdict(list)})
-    for r in rows:
-        b = by[r["level"]]
-        if r["decoding"] == "greedy":
-            b["greedy"].append(r["correct"])
-        else:
-            b["sampled"].append(r["correct"])
-            if r["sample_idx"] < kmax:
-                b["groups"][r["prompt_id"]].append((r["answer"], r["gold"]))
-    out = {}
-    for level, b in sorted(by.items()):
-        maj = []
-        for samples in b["groups"].values():
-            answers = [a for a, _ in samples if a is not None]
-            top = collections.Counter(answers).most_common(1)
-            maj.append(bool(top) and top[0][0] == samples[0][1])
-        out[level] = {
-            "n": len(b["greedy"]) or len(b["groups"]),
-            "greedy": sum(b["greedy"]) / max(1, len(b["greedy"])),
-            "sampled": sum(b["sampled"]) / max(1, len(b["sampled"])),
-            f"maj@{kmax}": sum(maj) / max(1, len(maj)),
-        }
-    return out
+def per_level_accuracy(metrics: dict[str, float], kmax: int) -> dict[int, dict[str, float]]:
+    """Greedy, sampled and majority-of-kmax accuracy per difficulty level, as the evaluate stage
+    measured them (``entroflow.metrics.summarise``'s ``<metric>/level_<L>`` entries)."""
+    levels = sorted({int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("prompts/level_")})
+    return {lv: {"n": int(metrics[f"prompts/level_{lv}"]), "greedy": metrics[f"greedy_acc/level_{lv}"],
+                 "sampled": metrics[f"sampled_acc/level_{lv}"],
+                 f"maj@{kmax}": metrics.get(f"maj@{kmax}/level_{lv}", float("nan"))} for lv in levels}
 
 
 def plot_levels(levels: dict[int, dict[str, float]], labels: dict[int, str], out: Path) -> Path:

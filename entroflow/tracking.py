@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from entroflow import workspace
@@ -82,8 +82,10 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
               stage_dir: Path, cached: bool, run_name: str | None = None) -> str:
     """A child run for one stage, from its manifest: params, metrics, step history, artifacts.
 
-    Cached stages get the same metrics and artifacts (tag ``cached=true``), so runs compare side
-    by side in the MLflow UI whether or not a stage recomputed.
+    Cached stages get the same params and metrics (tag ``cached=true``), so runs compare side by
+    side in the MLflow UI whether or not a stage recomputed. Their artifacts are not copied again:
+    the tag ``artifacts_run_id`` names the child run that computed this output and holds them
+    (they are copied only when no such run is in this tracking store).
     """
     stage = manifest["stage"]
     run = c.create_run(experiment_id, run_name=run_name or stage, tags={
@@ -103,6 +105,14 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
             ms += [Metric(metric_key(f"step/{k}"), float(v), now, int(row["step"]))
                    for k, v in row.items() if k != "step" and v is not None]
     _log_metrics(c, rid, ms)
+    if cached:
+        origin = c.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                               filter_string=f"tags.cache_key = '{manifest['key']}' and tags.cached = 'false' "
+                                             f"and tags.digest = '{manifest['digest']}'")
+        if origin:
+            c.set_tag(rid, "artifacts_run_id", origin[0].info.run_id)
+            c.set_terminated(rid, "FINISHED")
+            return rid
     for p in sorted(stage_dir.rglob("*")):
         if not p.is_file():
             continue

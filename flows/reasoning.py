@@ -11,11 +11,11 @@ UI compares methods directly. The base model's evaluation at the spine's seed is
 """
 from __future__ import annotations
 
-import json
 
 from entroflow.config import PipelineConfig
 from tasks.compare import compare
 from tasks.evaluate import evaluate
+from tasks.generate_data import read_world
 from tasks.rollout import rollout
 from tasks.train_rl import train_rl
 
@@ -24,7 +24,7 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
     d = cfg.model_dump(mode="json")
     rl = cfg.rl
     data, base = refs["generate_data"], refs["pretrain_base"]
-    fmt = json.loads((runner.store.resolve(data) / "world.json").read_text())["answer_format"]
+    fmt = read_world(runner.store.resolve(data))["answer_format"]
     parents: dict[str, dict] = {}
     labels: list[str] = []
 

@@ -1,7 +1,6 @@
 """Stage ``evaluate``: answers, correctness and accuracy metrics of the rollouts."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,6 +8,7 @@ import pyarrow.parquet as pq
 
 from entroflow import answers, metrics
 from tasks._stage import StageOutput, stage
+from tasks.generate_data import read_eval_table, read_world
 
 SCHEMA = pa.schema(
     [
@@ -38,10 +38,8 @@ def completion_style(text: str) -> str:
 @stage("evaluate", code=[answers, metrics], main_table="evaluation.parquet")
 def evaluate(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     data_dir = parents["generate_data"]
-    fmt = json.loads((data_dir / "world.json").read_text())["answer_format"]
-    table_name = json.loads((data_dir / "world.json").read_text())["eval_table"]
-    problems = {r["id"]: r for r in pq.read_table(data_dir / f"{table_name}.parquet",
-                                                  columns=["id", "answer", "level"]).to_pylist()}
+    fmt = read_world(data_dir)["answer_format"]
+    problems = {r["id"]: r for r in read_eval_table(data_dir, ["id", "answer", "level"]).to_pylist()}
     rollouts = pq.read_table(parents["rollout"] / "rollouts.parquet",
                              columns=["prompt_id", "sample_idx", "decoding", "text", "n_tokens", "entropies"])
     rows = []

@@ -4,8 +4,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from entroflow.data import grammar, kg, loaders, ood, reasoning
 from tasks._stage import StageOutput, stage
+
+
+WORLD_FILE = "world.json"  # answer format and which table is evaluated, for the stages downstream
+
+
+def read_world(data_dir: Path) -> dict:
+    """``{"answer_format": ..., "eval_table": ...}`` of a generate_data output."""
+    return json.loads((data_dir / WORLD_FILE).read_text())
+
+
+def read_eval_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    """The table a run evaluates and trains on: the synthetic problems, or the external dataset."""
+    return pq.read_table(data_dir / f"{read_world(data_dir)['eval_table']}.parquet", columns=columns)
 
 
 @stage("generate_data", code=[reasoning, grammar, kg, ood, loaders], main_table="reasoning.parquet")
@@ -46,6 +62,6 @@ def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
         table = load(ext["path"], ext["split"])
         out.table("external", table)
         out.log(external_rows=table.num_rows)
-    (out.dir / "world.json").write_text(json.dumps(
+    (out.dir / WORLD_FILE).write_text(json.dumps(
         {"answer_format": ext["format"] if ext else "synthetic",
          "eval_table": "external" if ext else "reasoning"}, indent=2))

@@ -13,10 +13,9 @@ from tasks._stage import StageOutput, stage
 @stage("report", code=[report_lib])
 def report(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     manifests = {k: json.loads((d / "manifest.json").read_text()) for k, d in parents.items()}
-    evaluation = pq.read_table(parents["evaluate"] / "evaluation.parquet")
     rollouts = pq.read_table(parents["rollout"] / "rollouts.parquet", columns=["decoding", "entropies"])
     kmax = max(config["evaluate"]["ks"])
-    levels = report_lib.per_level_accuracy(evaluation, kmax)
+    levels = report_lib.per_level_accuracy(manifests["evaluate"]["metrics"], kmax)
     data_cfg = manifests["generate_data"]["config"]["data"]
     level_labels = {i: f"L{i} ({lv['operands']}x{lv['digits']}d)" for i, lv in enumerate(data_cfg["reasoning"]["levels"])}
     if data_cfg.get("external"):

@@ -1,11 +1,9 @@
 """Stage ``rollout``: greedy and sampled completions of the evaluation prompts (Parquet)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from entroflow import model as model_lib
 from entroflow import rollout as rollout_lib
@@ -13,13 +11,13 @@ from entroflow.rl import em_inf as em_inf_lib
 from entroflow.progress import progress_bar
 from entroflow.rl.em_inf import EMInfProcessor
 from tasks._stage import StageOutput, stage
+from tasks.generate_data import read_eval_table, read_world
 
 
 def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table:
     """The prompts a run evaluates: the synthetic split, or the external dataset when configured."""
-    world = json.loads((data_dir / "world.json").read_text())
-    table = pq.read_table(data_dir / f"{world['eval_table']}.parquet")
-    table = table.filter(pa.compute.equal(table["split"], split)) if world["eval_table"] == "reasoning" else table
+    table = read_eval_table(data_dir)
+    table = table.filter(pa.compute.equal(table["split"], split)) if read_world(data_dir)["eval_table"] == "reasoning" else table
     return table.slice(0, n_prompts) if n_prompts else table
 
 

@@ -1,18 +1,17 @@
 """Stage ``train_rl``: one RL method (GRPO, DAPO, EMPO, EM-RL, EM-FT) trained on the base model."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from entroflow import model as model_lib
 from entroflow.progress import progress_bar
 from entroflow.rl import objectives, settings
 from entroflow.rl import trainer as trainer_lib
 from tasks._stage import StageOutput, stage
+from tasks.generate_data import read_eval_table
 
 LABEL_FREE_COLUMNS = ["id", "prompt"]  # what label-free methods may read of the training split
 
@@ -20,8 +19,7 @@ LABEL_FREE_COLUMNS = ["id", "prompt"]  # what label-free methods may read of the
 def training_prompts(data_dir: Path, with_labels: bool) -> tuple[list[dict], list[dict]]:
     """Train prompts (answers only when the method's reward uses labels) and held-out test
     prompts with answers (for the diagnostic accuracy curve, never for rewards)."""
-    world = json.loads((data_dir / "world.json").read_text())
-    table = pq.read_table(data_dir / f"{world['eval_table']}.parquet")
+    table = read_eval_table(data_dir)
     split = pa.compute.equal(table["split"], "train")
     cols = LABEL_FREE_COLUMNS + (["answer"] if with_labels else [])
     train = table.filter(split).select(cols).to_pylist()

@@ -257,6 +257,10 @@ def test_summarise_hand_computed():
         "greedy_acc/level_1": 0.0,
         "maj@4/level_0": 1.0,
         "maj@4/level_1": 1.0,
+        "sampled_acc/level_0": 2 / 4,  # p0 samples T F T F
+        "sampled_acc/level_1": 3 / 4,  # p1 samples F T T T
+        "prompts/level_0": 1.0,
+        "prompts/level_1": 1.0,
     }
     assert set(s) == set(expected)  # k=8 > 4 samples is skipped
     for key, value in expected.items():

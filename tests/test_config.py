@@ -1,7 +1,6 @@
 """Config validation: every bad input is one clear line naming the file and key, exit 2, nothing written."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

@@ -240,7 +240,7 @@ def test_dapo_dynamic_sampling_filters_on_accuracy_not_overlong_penalty(world, m
     ``filter_groups.metric=acc``; objectives.keep_informative_groups: "the overlong penalty is
     excluded"): with the soft overlong penalty on, a group whose samples are all wrong (or all
     right) but of different lengths is still uninformative and must not be kept."""
-    P, G = SHARED["prompts_per_step"], SHARED["group_size"]
+    G = SHARED["group_size"]
     cfg = make_cfg("dapo", overlong_cache=8, max_gen_rounds=3)  # L_exp = 16 - 8 = 8 tokens
     assert cfg.overlong and cfg.dynamic_sampling
     tr = RLTrainer(model, world["tok"], cfg, world["prompts"])

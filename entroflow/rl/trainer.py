@@ -1,6 +1,6 @@
 """One RL training loop for GRPO, DAPO, EMPO, EM-RL and EM-FT.
 
-Every method is the same loop with different pieces switched on (see :data:`METHOD_PRESETS`);
+Every method is the same loop with different pieces switched on (see :data:`entroflow.rl.settings.METHOD_PRESETS`);
 the math lives in :mod:`entroflow.rl.objectives`. One step ``k``:
 
 1. **prompts**: batch ``k`` of a seeded permutation of the training prompts, so the data order
@@ -35,7 +35,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -52,7 +51,7 @@ from safetensors.torch import load_file
 
 from entroflow import answers
 from entroflow.rl import objectives as obj
-from entroflow.rl.settings import METHOD_PRESETS, TrainConfig  # noqa: F401  (re-exported)
+from entroflow.rl.settings import TrainConfig
 from entroflow.rollout import HFRolloutEngine, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -531,12 +530,3 @@ def _pad(seqs: list[torch.Tensor], width: int) -> torch.Tensor:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return out
-
-
-def history_table(history: list[dict]) -> pa.Table:
-    keys = sorted({k for h in history for k in h} - {"step"})
-    cols = {"step": pa.array([h["step"] for h in history], pa.int64())}
-    for k in keys:
-        cols[k] = pa.array([float(h[k]) if k in h and h[k] is not None and not (isinstance(h[k], float) and math.isnan(h[k]))
-                            else None for h in history], pa.float64())
-    return pa.table(cols)
