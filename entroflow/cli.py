@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from entroflow import workspace
+from entroflow import logs, workspace
 from entroflow.config import ConfigError, check_stage_names, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Experiment pipeline for entropy-centred LLM research (Prefect + MLflow + Parquet).")
-console = Console()
+console = Console(soft_wrap=True)  # paths stay whole, so they can be copied
 err = Console(stderr=True)
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -45,25 +45,43 @@ def _validate(config: str, overrides: list[str], force: list[str] | None = None)
         _fail(str(e))
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's, MLflow's and transformers' "
+                                         "INFO logs and tracebacks on the console (also: ENTROFLOW_LOG_LEVEL=INFO).")]
+
+
 @app.command()
 def run(
     config: ConfigArg = DEFAULT_CONFIG,
     set_: SetOpt = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Recompute this stage and everything downstream (repeatable).")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline end to end; finished stages come back Cached."""
     overrides = set_ or []
     cfg = _validate(config, overrides, force)  # bad input fails here, before anything is written
+    try:
+        logs.quiet_environment(verbose)
+    except ValueError as e:
+        _fail(str(e))
     workspace.bootstrap()
+    from entroflow import tracking
+
+    try:  # a tracking DB left half-migrated by a killed run is repaired (or refused) before anything runs
+        tracking.ensure_sqlite_db(workspace.tracking_uri())
+    except tracking.TrackingStoreError as e:
+        _fail(escape(str(e)), code=1)
     from flows.pipeline import pipeline
 
+    log_file = logs.log_path(workspace.home(), cfg.name)
+    logs.attach(log_file, verbose)
     state = pipeline(config_path=config, overrides=overrides, force=force or [], return_state=True)
     if not state.is_completed():
         try:
             state.result()
-        except Exception as e:  # the flow's own error, one line
-            _fail(f"run failed: {type(e).__name__}: {e}", code=1)
-        _fail(f"run ended in state {state.name}", code=1)
+        except Exception as e:  # the flow's own error, one line; the traceback is in the log
+            msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
+            _fail(f"run failed: {escape(msg.strip().splitlines()[0])} (log: {log_file})", code=1)
+        _fail(f"run ended in state {state.name} (log: {log_file})", code=1)
     results = state.result()
     t = Table(title=f"entroflow run: {cfg.name}")
     for col in ("stage", "state", "seconds", "output"):
@@ -76,6 +94,7 @@ def run(
     if results.get("comparison_path"):
         console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
     console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)
+    console.print(f"log: {log_file}", highlight=False)
 
 
 @app.command()

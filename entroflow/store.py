@@ -168,14 +168,14 @@ class Store:
             return 0
         for d in tmp_root.iterdir():
             pid = d.name.rsplit("-", 1)[-1]
-            alive = pid.isdigit() and _pid_alive(int(pid))
+            alive = pid.isdigit() and pid_alive(int(pid))
             if not alive and time.time() - d.stat().st_mtime >= older_than_s:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

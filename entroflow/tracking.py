@@ -7,8 +7,13 @@ explicit ``mlflow.parentRunId`` tag works from any thread or process.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import sqlite3
 import time
+import uuid
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,9 +21,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from entroflow import workspace
+from entroflow.store import pid_alive
 
 MAX_ARTIFACT_BYTES = 50 * 2**20  # bigger files (real checkpoints) are referenced by path, not copied
 PIPELINE_TAG = "entroflow.kind"
+log = logging.getLogger(__name__)
 
 
 def metric_key(name: str) -> str:
@@ -28,8 +35,111 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
 
+class TrackingStoreError(RuntimeError):
+    """The tracking DB cannot be used as it is (one line, naming the file and what to do)."""
+
+
 def client() -> MlflowClient:
-    return MlflowClient(tracking_uri=workspace.tracking_uri())
+    uri = workspace.tracking_uri()
+    ensure_sqlite_db(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file behind a ``sqlite:///`` tracking URI (None for servers and other databases)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _tables(path: Path) -> tuple[set[str], int | None]:
+    """(table names, number of runs or None when there is no runs table) of a SQLite file."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        names = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+        runs = con.execute("select count(*) from runs").fetchone()[0] if "runs" in names else None
+        return names, runs
+    finally:
+        con.close()
+
+
+def _migrate(uri: str) -> None:
+    """Create or upgrade MLflow's tables in ``uri`` (what MLflow does on first use), then let go
+    of the file: MLflow caches one engine per URI."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(uri, workspace.mlflow_artifacts().as_uri())
+    store.engine.dispose()
+    SqlAlchemyStore._engine_map.pop(uri, None)
+
+
+@lru_cache(maxsize=None)
+def ensure_sqlite_db(uri: str) -> None:
+    """Make the SQLite tracking DB safe to open, whatever moment an earlier process was killed at.
+
+    MLflow creates its tables on first use with ~40 Alembic migrations that take tens of seconds
+    on a loaded machine and are not one transaction on SQLite: a process killed in the middle
+    leaves a half-migrated file (``_alembic_tmp_*`` tables) that every later open rejects. So:
+
+    * a new DB is created and migrated under a temporary name in the same folder and linked into
+      place in one step (``os.link`` fails if another process got there first; then its DB is
+      used and ours discarded). A kill leaves only the temporary file, removed by the next run;
+    * an existing half-migrated DB with no runs (only a first migration was interrupted) is moved
+      aside to ``<name>.broken-<time>`` and recreated; one that holds runs is never moved or
+      deleted: Alembic's leftover copy tables are resolved (an unfinished copy is dropped while
+      its original exists; a finished copy whose original was already dropped is renamed back)
+      and the migration is resumed, or the run stops with a one-line error saying what to do.
+    """
+    path = sqlite_path(uri)
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}.init-*"):  # temporaries of killed runs
+        pid = stale.name.split("-")[1]
+        if not (pid.isdigit() and pid_alive(int(pid))):
+            stale.unlink(missing_ok=True)
+    if path.exists():
+        names, runs = _tables(path)
+        leftovers = sorted(n for n in names if n.startswith("_alembic_tmp_"))
+        if not leftovers and {"runs", "experiments", "alembic_version"} <= names:
+            return  # healthy (a pending upgrade of an intact DB is MLflow's own business)
+        if not runs:
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.warning("tracking DB %s was left half-created by a killed run; moved it aside to %s "
+                        "(it held no runs) and created a new one", path, aside.name)
+        else:
+            _repair(path, uri, names, leftovers, runs)
+            return
+    tmp = path.with_name(f"{path.name}.init-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _migrate(f"sqlite:///{tmp}")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first; use that one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _repair(path: Path, uri: str, names: set[str], leftovers: list[str], runs: int) -> None:
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        for tmp_table in leftovers:
+            original = tmp_table[len("_alembic_tmp_"):]
+            if original in names:  # the copy was not finished: the original is intact
+                con.execute(f'drop table "{tmp_table}"')
+            else:  # the original was dropped after a complete copy: the copy is the table
+                con.execute(f'alter table "{tmp_table}" rename to "{original}"')
+        con.commit()
+    finally:
+        con.close()
+    try:
+        _migrate(uri)
+    except Exception as e:  # noqa: BLE001 - any failure here ends in the same advice
+        raise TrackingStoreError(
+            f"{path}: MLflow tracking DB with {runs} runs was left half-migrated by a killed process and could "
+            f"not be repaired ({type(e).__name__}: {str(e).splitlines()[0][:120]}); back it up, then run "
+            f"`mlflow db upgrade {uri}`, or point ENTROFLOW_HOME at a new workspace") from None
+    log.warning("tracking DB %s was left half-migrated by a killed run; repaired it (%d runs kept)", path, runs)
 
 
 def ensure_experiment(c: MlflowClient, name: str) -> str:
@@ -79,8 +189,12 @@ def start_parent(c: MlflowClient, experiment_id: str, run_name: str, flow_run_id
 
 
 def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest: dict,
-              stage_dir: Path, cached: bool, run_name: str | None = None) -> str:
+              stage_dir: Path, cached: bool, run_name: str | None = None, meta: dict | None = None) -> str:
     """A child run for one stage, from its manifest: params, metrics, step history, artifacts.
+
+    ``meta`` (flow, stage, method, seed, model, model source, the trained model's key
+    hyper-parameters) is logged as params and as tags, with the same keys in every flow, so the
+    UI's compare page, parallel coordinates and group-by can split runs by method and seed.
 
     Cached stages get the same params and metrics (tag ``cached=true``), so runs compare side by
     side in the MLflow UI whether or not a stage recomputed. Their artifacts are not copied again:
@@ -88,14 +202,15 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
     (they are copied only when no such run is in this tracking store).
     """
     stage = manifest["stage"]
-    run = c.create_run(experiment_id, run_name=run_name or stage, tags={
+    meta = {k: json.dumps(v) if isinstance(v, list | tuple) else str(v) for k, v in (meta or {}).items()}
+    run = c.create_run(experiment_id, run_name=run_name or stage, tags={**meta,
         "mlflow.parentRunId": parent_run_id, PIPELINE_TAG: "stage", "stage": stage,
         "cached": str(cached).lower(), "cache_key": manifest["key"], "digest": manifest["digest"],
         "code_version": manifest["code_version"], "git_commit": manifest["git_commit"],
         "output_path": str(stage_dir),
     })
     rid = run.info.run_id
-    _log_params(c, rid, flatten(manifest["config"]))
+    _log_params(c, rid, {**flatten(manifest["config"]), **meta})
     now = int(time.time() * 1000)
     ms = [Metric(metric_key(k), float(v), now, 0) for k, v in manifest["metrics"].items()]
     ms.append(Metric("duration_s", float(manifest["duration_s"]), now, 0))

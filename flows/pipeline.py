@@ -9,6 +9,8 @@ downstream of them. One MLflow parent run per flow run, one child run per stage 
 """
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +24,9 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from entroflow import provenance, tracking  # noqa: E402
+from entroflow.progress import stage_line  # noqa: E402
 from entroflow.config import PIPELINE_STAGES, PipelineConfig, check_stage_names, load_config  # noqa: E402
-from entroflow.store import Store  # noqa: E402
+from entroflow.store import Store, pid_alive  # noqa: E402
 from tasks._stage import Stage  # noqa: E402
 from tasks.build_tokenizer import build_tokenizer  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
@@ -125,7 +128,7 @@ class _Planner:
     pending: set[str] = field(default_factory=set)
 
     def run(self, stage: Stage, section: dict, parents: dict, label: str | None = None,
-            parent_labels: list[str] = ()) -> dict | None:
+            parent_labels: list[str] = (), meta: dict | None = None) -> dict | None:
         label = label or stage.name
         waiting = [p for p in parent_labels if p in self.pending]
         if waiting or any(v is None for v in parents.values()):
@@ -159,6 +162,23 @@ def _diff_from_latest(store: Store, stage: Stage, section: dict, parents: dict) 
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 
+class StageFailed(RuntimeError):
+    """A stage failed: names the stage and the cause in one line (the traceback is in the log)."""
+
+    def __init__(self, label: str, cause: BaseException):
+        first = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"stage {label} failed: {type(cause).__name__}: {first}")
+        self.label, self.cause = label, cause
+
+
+def run_meta(cfg: PipelineConfig, flow: str, **extra) -> dict:
+    """What a user groups and filters child runs by in the MLflow UI, the same keys in every
+    flow: flow, method, seed, model (the label of the model the stage reads or trains) and its
+    source. Logged as params and tags of each child run (see tracking.log_stage)."""
+    return {"flow": flow, "method": "base", "seed": cfg.seed, "model": "pretrain_base",
+            "model_source": cfg.model.source, **extra}
+
+
 @dataclass
 class Runner:
     """Runs stages inside a flow: cache check, Prefect task, MLflow child run, bookkeeping."""
@@ -168,11 +188,12 @@ class Runner:
     experiment_id: str
     parent_run_id: str
     force: set[str]
+    meta: dict = field(default_factory=dict)  # run_meta() of the flow; a stage's meta updates it
     results: dict[str, dict] = field(default_factory=dict)  # label -> {state, ref, seconds, stage}
     recomputed: set[str] = field(default_factory=set)  # labels that ran because forced
 
     def run(self, stage: Stage, section: dict, parents: dict[str, dict], label: str | None = None,
-            parent_labels: list[str] = ()) -> dict:
+            parent_labels: list[str] = (), meta: dict | None = None) -> dict:
         logger = get_run_logger()
         label = label or stage.name
         key = stage.key(section, parents)
@@ -184,7 +205,11 @@ class Runner:
         state = stage.task.with_options(
             refresh_cache=refresh, result_storage=workspace.prefect_results(), task_run_name=label,
         )(key=key, config=section, parents=parents, force=forced, return_state=True)
-        ref = state.result()  # raises if the stage failed
+        try:
+            ref = state.result()  # raises if the stage failed
+        except Exception as e:
+            stage_line(label, "Failed", time.time() - t0, type(e).__name__)
+            raise StageFailed(label, e) from e
         cached = state.name == "Cached" or bool(ref.get("reused"))
         if forced:
             self.recomputed.add(label)
@@ -193,9 +218,11 @@ class Runner:
         if refresh and verified is None and why != "no output for this key":
             logger.warning(f"{label}: recomputed because the stored {why}")
         tracking.log_stage(self.client, self.experiment_id, self.parent_run_id, self.store.manifest(ref),
-                           self.store.resolve(ref), cached=cached, run_name=label)
-        logger.info(f"{label}: {self.results[label]['state']} ({self.results[label]['seconds']:.1f} s) "
-                    f"-> {self.store.resolve(ref)}")
+                           self.store.resolve(ref), cached=cached, run_name=label,
+                           meta={**self.meta, "stage": stage.name, **(meta or {})})
+        r = self.results[label]
+        logger.info(f"{label}: {r['state']} ({r['seconds']:.1f} s) -> {self.store.resolve(ref)}")
+        stage_line(label, r["state"], r["seconds"], str(self.store.resolve(ref)))
         return ref
 
 
@@ -210,14 +237,21 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
     store.clean_tmp()
     c = tracking.client()
     exp_id = tracking.ensure_experiment(c, cfg.experiment)
+    run_name = f"{cfg.name}-{flow_run.get_name() or 'local'}"
+    changes = [*(overrides or []), *(f"--force {f}" for f in force or [])]
+    if changes and len(" ".join(changes)) <= 60:  # the overrides are part of what a run is: show them
+        run_name += f" [{' '.join(changes)}]"
     parent = tracking.start_parent(
-        c, exp_id, run_name=f"{cfg.name}-{flow_run.get_name() or 'local'}", flow_run_id=flow_run.get_id() or "local",
+        c, exp_id, run_name=run_name, flow_run_id=flow_run.get_id() or "local",
         params=tracking.flatten(d),
         tags={"config_hash": provenance.config_hash(d), "config_name": cfg.name, "config_path": str(Path(config_path)),
               "git_commit": provenance.git_commit(), "entroflow_version": provenance.package_versions()["entroflow"],
-              "prefect.flow_run_name": flow_run.get_name() or ""},
+              "prefect.flow_run_name": flow_run.get_name() or "", "overrides": " ".join(changes),
+              "mlflow.note.content": f"`entroflow run {config_path}` " + " ".join(
+                  [*(f"--set {o}" for o in overrides or []), *(f"--force {f}" for f in force or [])]),
+              "pid": str(os.getpid())},
     )
-    runner = Runner(store, c, exp_id, parent, forced)
+    runner = Runner(store, c, exp_id, parent, forced, meta=run_meta(cfg, "pipeline"))
     refs: dict[str, dict] = {}
     status = "FAILED"
     out: dict = {}
@@ -242,21 +276,45 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
         summary["stages_cached"] = sum(v["state"] == "Cached" for v in runner.results.values())
         summary["stages_total"] = len(runner.results)
         tracking.finish_parent(c, parent, status, summary)
-    if "report" in refs:
-        out["report_path"] = str(_publish(store, refs["report"], workspace.home() / "reports" / cfg.name))
-    if "compare" in runner.results:
-        out["comparison_path"] = str(_publish(store, runner.results["compare"]["ref"],
-                                              workspace.home() / "reports" / cfg.name / "reasoning"))
+    reports = {"": refs.get("report"), "reasoning": runner.results.get("compare", {}).get("ref")}
+    published = _publish(store, {k: v for k, v in reports.items() if v}, workspace.home() / "reports" / cfg.name,
+                         f"{time.strftime('%Y%m%d-%H%M%S')}-{flow_run.get_name() or 'local'}")
+    if "" in published:
+        out["report_path"] = str(published[""])
+    if "reasoning" in published:
+        out["comparison_path"] = str(published["reasoning"])
     return {**runner.results, **out, "mlflow_parent_run_id": parent}
 
 
-def _publish(store: Store, ref: dict, dest: Path) -> Path:
-    """Copy a report's Markdown and plots to ``reports/<config>/`` (the latest of each config)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    src = store.resolve(ref)
-    md = None
-    for f in src.iterdir():
-        if f.suffix in (".md", ".png"):
-            (dest / f.name).write_bytes(f.read_bytes())
-            md = dest / f.name if f.suffix == ".md" else md
-    return md
+def _publish(store: Store, refs: dict[str, dict], root: Path, run_dir: str) -> dict[str, Path]:
+    """Copy this run's reports (Markdown + plots; ``""`` is the spine report, ``"reasoning"`` the
+    comparison) to ``reports/<config>/<run>/``, and point ``reports/<config>/latest`` at it.
+
+    Each run gets its own folder, so two runs of one config (say with different overrides) never
+    mix. The folder is filled under a temporary name and renamed into place, and ``latest`` is a
+    symlink swapped with one rename: a killed run leaves no half-copied report behind.
+    """
+    if not refs:
+        return {}
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{run_dir}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    found: dict[str, Path] = {}
+    for sub, ref in refs.items():
+        dest = tmp / sub
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted(store.resolve(ref).iterdir()):
+            if f.suffix in (".md", ".png"):
+                shutil.copyfile(f, dest / f.name)
+                if f.suffix == ".md":
+                    found[sub] = root / run_dir / sub / f.name
+    os.rename(tmp, root / run_dir)
+    link = root / f".latest-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(run_dir, target_is_directory=True)
+    os.replace(link, root / "latest")
+    for stale in root.glob(".tmp-*"):  # left by killed runs (their pid is gone)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    return found

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 
 from entroflow.config import PipelineConfig
+from flows.pipeline import run_meta
 from tasks.compare import compare
 from tasks.evaluate import evaluate
 from tasks.generate_data import read_world
 from tasks.rollout import rollout
 from tasks.train_rl import train_rl
+
+KEY_HYPERPARAMETERS = ("reward", "advantage", "loss_agg", "eps_low", "eps_high", "kl_coef", "dynamic_sampling",
+                       "lr", "steps", "prompts_per_step", "group_size", "max_new_tokens")
 
 
 def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
@@ -28,13 +32,15 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
     parents: dict[str, dict] = {}
     labels: list[str] = []
 
-    def evaluate_model(model_ref: dict, model_label: str, seed: int, name: str, em_inf: dict | None = None) -> dict:
+    def evaluate_model(model_ref: dict, model_label: str, seed: int, name: str, em_inf: dict | None = None,
+                       meta: dict | None = None) -> dict:
         tag = f"{name},s{seed}"
+        meta = {**run_meta(cfg, "reasoning", method=name, seed=seed, model=model_label), **(meta or {})}
         r = runner.run(rollout, {"seed": seed, "rollout": {**d["rollout"], "em_inf": em_inf}},
                        {"generate_data": data, "model": model_ref}, label=f"rollout[{tag}]",
-                       parent_labels=["generate_data", model_label])
+                       parent_labels=["generate_data", model_label], meta=meta)
         e = runner.run(evaluate, {"evaluate": d["evaluate"]}, {"generate_data": data, "rollout": r},
-                       label=f"evaluate[{tag}]", parent_labels=[f"rollout[{tag}]"])
+                       label=f"evaluate[{tag}]", parent_labels=[f"rollout[{tag}]"], meta=meta)
         labels.append(f"evaluate[{tag}]")
         return e
 
@@ -45,14 +51,21 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
                                                                      em_inf=d["rl"]["em_inf"])
         for method in rl.methods:
             label = f"train_rl[{method},s{seed}]"
-            t = runner.run(train_rl, {"seed": seed, "train": rl.train_config(method, seed, fmt)},
+            train_cfg = rl.train_config(method, seed, fmt)
+            # The trained model's defining hyper-parameters, under the train_rl run's own param
+            # names, also on its rollout/evaluate runs: the UI then splits evaluations by them.
+            hp = {f"train.{k}": train_cfg[k] for k in KEY_HYPERPARAMETERS if k in train_cfg}
+            meta = run_meta(cfg, "reasoning", method=method, seed=seed, model=label, **hp)
+            t = runner.run(train_rl, {"seed": seed, "train": train_cfg},
                            {"generate_data": data, "model": base}, label=label,
-                           parent_labels=["generate_data", "pretrain_base"])
+                           parent_labels=["generate_data", "pretrain_base"],
+                           meta={**meta, "model": "pretrain_base"})
             labels.append(label)
             parents[f"train/{method}/{seed}"] = t
-            parents[f"evaluate/{method}/{seed}"] = evaluate_model(t, label, seed, method)
+            parents[f"evaluate/{method}/{seed}"] = evaluate_model(t, label, seed, method, meta=meta)
     c = runner.run(compare, {"rl": d["rl"], "evaluate": d["evaluate"], "rollout": d["rollout"]}, parents,
-                   label="compare", parent_labels=labels)
+                   label="compare", parent_labels=labels,
+                   meta=run_meta(cfg, "reasoning", method="all", seed=",".join(map(str, rl.seeds)), model="all"))
     if c is None:  # planning (entroflow stages): nothing ran
         return {}
     metrics = runner.store.manifest(c)["metrics"]

@@ -232,7 +232,9 @@ def test_separate_process_rerun_is_cached(ws, prefect_server):
     out = subprocess.run([sys.executable, "-m", "entroflow.cli", "run", SMOKE], env=_env({"PREFECT_API_URL": prefect_server}),
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("Cached") == len(STAGES), out.stdout
+    # One line per stage, then the table.
+    assert [line.split()[:2] for line in out.stdout.splitlines()[:len(STAGES)]] == [["Cached", s] for s in STAGES], out.stdout
+    assert "Prefect" not in out.stdout + out.stderr and "INFO" not in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_ui_serves_the_workspace(ws):
