@@ -32,17 +32,21 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # User text (paths, --set values, stage labels like train_rl[grpo,s0]) is escaped: rich would
+    # read square brackets as markup and drop them.
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _validate(config: str, overrides: list[str], force: list[str] | None = None):
     try:
         cfg = load_config(config, overrides)
-        check_stage_names(force or [])
-        return cfg
+        check_stage_names(force or [], cfg=cfg)
     except ConfigError as e:
         _fail(str(e))
+    for note in cfg.notes():
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    return cfg
 
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's, MLflow's and transformers' "
@@ -53,7 +57,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect'
 def run(
     config: ConfigArg = DEFAULT_CONFIG,
     set_: SetOpt = None,
-    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute this stage and everything downstream (repeatable).")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute a stage (all its runs: "
+                     "train_rl) or one stage label (train_rl[grpo,s0]) and everything downstream (repeatable).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline end to end; finished stages come back Cached."""
@@ -69,7 +74,7 @@ def run(
     try:  # a tracking DB left half-migrated by a killed run is repaired (or refused) before anything runs
         tracking.ensure_sqlite_db(workspace.tracking_uri())
     except tracking.TrackingStoreError as e:
-        _fail(escape(str(e)), code=1)
+        _fail(str(e), code=1)
     from flows.pipeline import pipeline
 
     log_file = logs.log_path(workspace.home(), cfg.name)
@@ -80,7 +85,7 @@ def run(
             state.result()
         except Exception as e:  # the flow's own error, one line; the traceback is in the log
             msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
-            _fail(f"run failed: {escape(msg.strip().splitlines()[0])} (log: {log_file})", code=1)
+            _fail(f"run failed: {msg.strip().splitlines()[0]} (log: {log_file})", code=1)
         _fail(f"run ended in state {state.name} (log: {log_file})", code=1)
     results = state.result()
     t = Table(title=f"entroflow run: {cfg.name}")
@@ -99,30 +104,34 @@ def run(
 
 @app.command()
 def stages(config: ConfigArg = DEFAULT_CONFIG, set_: SetOpt = None,
-           force: Annotated[list[str] | None, typer.Option("--force")] = None) -> None:
+           force: Annotated[list[str] | None, typer.Option("--force", help="Plan as if these stages or stage "
+                            "labels were forced (as `run --force`).")] = None) -> None:
     """Show the DAG and, per stage, whether the next run would be Cached and why."""
     cfg = _validate(config, set_ or [], force)
     workspace.bootstrap()
-    from flows.pipeline import DAG, plan
+    from flows.pipeline import plan
 
     rows = plan(cfg, force or [])
-    parents = {n.stage.name: ", ".join(n.parents.values()) or "-" for n in DAG}
     t = Table(title=f"DAG of {cfg.name} (workspace {workspace.home()})")
     for col in ("stage", "after", "next run", "key", "why"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        color = {"cached": "green", "run": "yellow"}.get(r["status"], "dim")
-        label = {"cached": "Cached", "run": "will run"}.get(r["status"], r["status"])
-        t.add_row(escape(r["stage"]), parents.get(r["stage"], "base model"), f"[{color}]{label}[/]", r["key"][:12],
+        color = {"cached": "green", "run": "yellow", "pending": "blue"}.get(r["status"], "dim")
+        label = {"cached": "Cached", "run": "will run", "pending": "depends"}.get(r["status"], r["status"])
+        t.add_row(escape(r["stage"]), escape(r["after"]), f"[{color}]{label}[/]", r["key"][:12],
                   escape(r["why"]))
     console.print(t)
 
 
 @app.command()
 def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10,
-         experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "entroflow") -> None:
-    """Recent pipeline runs with their key metrics (from MLflow)."""
+         experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "entroflow",
+         wide: Annotated[bool, typer.Option("--wide", help="Print every column in full, wider than the terminal.")] = False) -> None:
+    """Recent pipeline runs with their key metrics (from MLflow); runs whose process is gone are
+    marked killed."""
     workspace.bootstrap()
+    import datetime as dt
+
     from entroflow import tracking
 
     c = tracking.client()
@@ -131,28 +140,44 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10
         _fail(f"no MLflow experiment '{experiment}' at {workspace.tracking_uri()} (run `entroflow run` first)", 1)
     found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'pipeline'",
                           order_by=["attributes.start_time DESC"], max_results=limit)
-    import datetime as dt
 
-    def top_k(metrics: dict, prefix: str) -> str | None:
+    def top_k(metrics: dict, prefix: str) -> tuple[str, float] | None:
+        """This run's largest k of maj@k / pass@k (each run has its own ks)."""
         ks = [k for k in metrics if k.startswith(prefix) and "/" not in k]
-        return max(ks, key=lambda k: int(k[len(prefix):]), default=None)
+        k = max(ks, key=lambda k: int(k[len(prefix):]), default=None)
+        return (k.replace("_at_", "@"), metrics[k]) if k else None
 
-    newest = found[0].data.metrics if found else {}
-    maj, pk = top_k(newest, "maj_at_"), top_k(newest, "pass_at_")
+    def best_rl(metrics: dict) -> str:
+        """The reasoning comparison's best trained method by sampled accuracy, and its claims."""
+        acc = {k.split("/")[1]: v for k, v in metrics.items()
+               if k.startswith("compare/") and k.endswith("/sampled_acc") and not k.split("/")[1].startswith("base")}
+        if not acc:
+            return ""
+        m = max(acc, key=acc.get)
+        claims = ""
+        if "compare/claims_total" in metrics:
+            claims = f", claims {int(metrics['compare/claims_holding'])}/{int(metrics['compare/claims_total'])}"
+        return f"{m} {100 * acc[m]:.1f}%{claims}"
+
+    pct = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     t = Table(title=f"entroflow runs ({workspace.tracking_uri()})")
-    cols = ["run", "started", "greedy", "sampled", maj or "maj@k", pk or "pass@k", "cached", "id"]
-    for col in cols:
-        t.add_column(col.replace("_at_", "@"), overflow="fold", no_wrap=col != "run",
-                     min_width=22 if col == "run" else None)
-    fmt = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for col in ("run", "started", "status", "greedy", "sampled", "maj@k", "pass@k", "best RL (sampled)", "cached",
+                "id"):
+        t.add_column(col, overflow="fold")
     for r in found:
-        m = r.data.metrics
-        name = r.info.run_name if r.info.status == "FINISHED" else f"{r.info.run_name} [red]{r.info.status.lower()}[/]"
-        t.add_row(name, dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%m-%d %H:%M"),
-                  fmt(m.get("greedy_acc")), fmt(m.get("sampled_acc")),
-                  fmt(m.get(maj)) if maj else "", fmt(m.get(pk)) if pk else "",
-                  f"{int(m.get('stages_cached', 0))}/6", r.info.run_id[:8])
-    console.print(t)
+        m, status = r.data.metrics, r.info.status.lower()
+        if status == "running" and not tracking.run_process_alive(r):
+            c.set_terminated(r.info.run_id, "KILLED")  # the process is gone: it will never finish
+            status = "killed"
+        colour = {"finished": "green", "running": "yellow"}.get(status, "red")
+        maj, pk = top_k(m, "maj_at_"), top_k(m, "pass_at_")
+        total = m.get("stages_total")
+        t.add_row(escape(r.info.run_name or ""), dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%m-%d %H:%M"),
+                  f"[{colour}]{status}[/]", pct(m.get("greedy_acc")), pct(m.get("sampled_acc")),
+                  f"{maj[0]} {pct(maj[1])}" if maj else "", f"{pk[0]} {pct(pk[1])}" if pk else "", best_rl(m),
+                  f"{int(m.get('stages_cached', 0))}/{int(total)}" if total is not None else "",
+                  r.info.run_id[:8])
+    (Console(width=max(console.width, 220)) if wide else console).print(t)
 
 
 @app.command()

@@ -19,10 +19,19 @@ PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "rollout
                    "train_rl", "compare")
 
 
-def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force") -> None:
-    unknown = [s for s in names if s not in PIPELINE_STAGES]
-    if unknown:
-        raise ConfigError(f"{flag} {unknown[0]}: unknown stage (stages: {', '.join(PIPELINE_STAGES)})")
+def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force",
+                      cfg: "PipelineConfig | None" = None) -> None:
+    """Each name is a stage (``train_rl``: all of its runs) or, given the config, one stage label
+    of that config (``train_rl[grpo,s0]``: that run alone)."""
+    labels = cfg.stage_labels() if cfg is not None else []
+    for name in names:
+        base = name.split("[", 1)[0]
+        if base not in PIPELINE_STAGES:
+            raise ConfigError(f"{flag} {name}: unknown stage (stages: {', '.join(PIPELINE_STAGES)})")
+        if "[" in name and cfg is not None and name not in labels:
+            runs = [x for x in labels if x.startswith(base + "[")]
+            raise ConfigError(f"{flag} {name}: no such stage in this config "
+                              f"({base} runs as: {', '.join(runs) or 'nothing'})")
 
 
 class ConfigError(ValueError):
@@ -74,6 +83,14 @@ class ExternalDataCfg(Strict):
     def _exists(self):
         if not self.path.exists():
             raise ValueError(f"path does not exist: {self.path}")
+        # Read it now, before anything runs: a malformed line, a missing column or an empty file
+        # is one line naming the file and the line, not a failure minutes into the run.
+        from entroflow.data import loaders
+
+        try:
+            loaders.check(self.path, self.format, self.split)
+        except ValueError as e:
+            raise ValueError(f"path: {e}") from None
         return self
 
 
@@ -162,6 +179,9 @@ class ReportCfg(Strict):
     title: str = "entroflow run"
 
 
+METHODS = ("grpo", "dapo", "empo", "em_rl", "em_ft")
+
+
 class RLCfg(Strict):
     """The reasoning comparison: one training stage per method and seed, on the spine's base model.
 
@@ -169,7 +189,7 @@ class RLCfg(Strict):
     preset (what makes it GRPO, DAPO, ...) is applied on top, then ``per_method`` overrides.
     """
 
-    methods: list[Literal["grpo", "dapo", "empo", "em_rl", "em_ft"]] = Field(min_length=1)
+    methods: list[Literal[METHODS]] = Field(min_length=1)
     seeds: list[int] = Field(default=[0], min_length=1)
     train: dict = {}
     per_method: dict[str, dict] = {}
@@ -182,9 +202,9 @@ class RLCfg(Strict):
 
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
-        for m, override in self.per_method.items():
-            if m not in self.methods:
-                raise ValueError(f"per_method.{m}: '{m}' is not in methods")
+        for m in self.per_method:
+            if m not in METHODS:
+                raise ValueError(f"per_method.{m}: unknown method (methods: {', '.join(METHODS)})")
         for m in self.methods:
             try:
                 TrainConfig.for_method(m, self.train, self.per_method.get(m))
@@ -213,8 +233,44 @@ class PipelineConfig(Strict):
     report: ReportCfg = ReportCfg()
     rl: RLCfg | None = None
 
+    def notes(self) -> list[str]:
+        """Settings that are valid but have no effect in this run (printed, not errors)."""
+        out = []
+        if self.rl is not None:
+            for m in self.rl.per_method:
+                if m not in self.rl.methods:
+                    out.append(f"rl.per_method.{m} is ignored: '{m}' is not in rl.methods")
+        return out
+
+    def stage_labels(self) -> list[str]:
+        """Every stage label a run of this config has (flows/pipeline.py and flows/reasoning.py name
+        them; tests/test_config.py checks the two agree)."""
+        out = ["generate_data", *(["build_tokenizer"] if self.model.source == "scratch" else []),
+               "pretrain_base", "rollout", "evaluate", "report"]
+        if self.rl is not None:
+            for seed in self.rl.seeds:
+                names = ["base", *(["base+em_inf"] if self.rl.eval_em_inf else [])]
+                out += [f"{kind}[{n},s{seed}]" for n in names for kind in ("rollout", "evaluate")]
+                for m in self.rl.methods:
+                    out += [f"train_rl[{m},s{seed}]", f"rollout[{m},s{seed}]", f"evaluate[{m},s{seed}]"]
+            out.append("compare")
+        return out
+
+    def input_paths(self) -> dict[str, Path]:
+        """Every file or directory the run reads besides its own outputs, by config key."""
+        out = {}
+        if self.data.external is not None:
+            out["data.external.path"] = self.data.external.path
+        if self.model.source == "pretrained" and self.model.path is not None:
+            out["model.path"] = self.model.path
+        return out
+
     @model_validator(mode="after")
     def _cross(self):
+        if self.rl is not None and self.data.external is not None and self.data.external.split != "train":
+            raise ValueError(
+                f"rl: RL trains on the 'train' split of the evaluated data, and data.external (split "
+                f"'{self.data.external.split}') has none; remove the rl section or data.external")
         if max(self.evaluate.ks) > self.rollout.n_samples:
             raise ValueError(
                 f"evaluate.ks has k={max(self.evaluate.ks)} > rollout.n_samples={self.rollout.n_samples}"
@@ -240,7 +296,11 @@ def parse_override(item: str) -> tuple[str, object]:
     key, value = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          f"quote it to pass a string, e.g. --set '{key.strip()}=\"...\"'") from None
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -283,7 +343,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
+        # An unknown key is usually a typo, and the "missing key" error it causes is a symptom.
+        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        err = errors[0]
         loc = ".".join(str(p) for p in err["loc"])
         src = f"{path} (--set {loc})" if loc in overridden else str(path)
         if err["type"] == "extra_forbidden":

@@ -3,6 +3,7 @@ reward) on a terminal, a progress line every ~30 s or 10% elsewhere (``make run 
 scheduled runs), and one line per finished stage."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -88,6 +89,12 @@ def _progress_lines(description: str, total: int, unit: str) -> Iterator:
     yield advance
     if state["done"] and state["last_frac"] < 1.0:
         line()
+
+
+def note(text: str) -> None:
+    """A line for the person watching (a resumed stage, say), on stderr, whatever the log level."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(escape(text))
+    logging.getLogger("entroflow").info(text)
 
 
 def stage_line(label: str, state: str, seconds: float, output: str) -> None:

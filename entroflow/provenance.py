@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -41,6 +42,42 @@ def code_version(modules: list[ModuleType | str | Path]) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def path_digest(path: Path, memo: Path | None = None) -> str:
+    """sha256 of a file's content, or of a directory's files (relative path + content), so an
+    edited input file changes the cache key of the stage that reads it, whatever its name.
+
+    ``memo`` (a JSON file) remembers digests by (path, size, mtime, inode), as git's index does,
+    so a multi-GB model directory is hashed once, not on every run or ``entroflow stages``.
+    """
+    from entroflow.store import combine_digests, file_sha256
+
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    known = {}
+    if memo is not None and memo.exists():
+        try:
+            known = json.loads(memo.read_text())
+        except ValueError:
+            known = {}
+    out, changed = {}, False
+    for f in files:
+        st = f.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        hit = known.get(str(f))
+        if hit and hit[0] == stamp:
+            digest = hit[1]
+        else:
+            digest, changed = file_sha256(f), True
+            known[str(f)] = [stamp, digest]
+        out[f.relative_to(path).as_posix() if f != path else f.name] = digest
+    if memo is not None and changed:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, memo)
+    return out[path.name] if path.is_file() else combine_digests(out)
 
 
 @lru_cache(maxsize=1)

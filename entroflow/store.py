@@ -43,6 +43,7 @@ class ArtifactRef(BaseModel):
     rows: int | None = None
     schema_: dict[str, str] | None = None  # column -> Arrow type of the stage's main table
     files: list[str] = []
+    file_digests: dict[str, str] = {}  # data file -> sha256, so a reader can key on just what it reads
 
     model_config = {"populate_by_name": True}
 
@@ -55,14 +56,27 @@ def file_sha256(path: Path) -> str:
     return fh.hexdigest()
 
 
-def dir_digest(root: Path) -> str:
-    """sha256 over (relative path, file sha256) of every data file (not the manifest or records)."""
-    h = hashlib.sha256()
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every data file under ``root`` (not the manifest or run records), by relative path."""
+    out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if p.is_file() and rel != MANIFEST and rel not in RECORDS:
-            h.update(f"{rel}\0{file_sha256(p)}\n".encode())
+            out[rel] = file_sha256(p)
+    return out
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """One sha256 over (relative path, file sha256) pairs, in path order."""
+    h = hashlib.sha256()
+    for rel in sorted(digests):
+        h.update(f"{rel}\0{digests[rel]}\n".encode())
     return h.hexdigest()
+
+
+def dir_digest(root: Path) -> str:
+    """sha256 over (relative path, file sha256) of every data file (not the manifest or records)."""
+    return combine_digests(file_digests(root))
 
 
 def records_digest(root: Path) -> dict[str, str]:
@@ -100,10 +114,16 @@ class Store:
         try:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, ValueError):
-            return None, "manifest missing or unreadable"
-        digest = dir_digest(d)
+            return None, "output corrupted (manifest missing or unreadable)"
+        found = file_digests(d)
+        missing = sorted(set(manifest.get("ref", {}).get("file_digests") or {}) - set(found))
+        if missing:
+            return None, f"output corrupted (files missing: {', '.join(missing[:3])})"
+        digest = combine_digests(found)
         if digest != manifest.get("digest"):
-            return None, f"output corrupted (digest {digest[:12]} != manifest {str(manifest.get('digest'))[:12]})"
+            changed = sorted(k for k, v in found.items() if (manifest["ref"].get("file_digests") or {}).get(k) != v)
+            what = f" in {', '.join(changed[:3])}" if changed else ""
+            return None, f"output corrupted{what} (digest {digest[:12]} != manifest {str(manifest.get('digest'))[:12]})"
         if records_digest(d) != manifest.get("records", {}):
             return None, "output corrupted (run records differ from the manifest)"
         return ArtifactRef.model_validate(manifest["ref"]), "output verified"
@@ -140,8 +160,9 @@ class Store:
             rows = meta.num_rows
             schema = {f.name: str(f.type) for f in meta.schema.to_arrow_schema()}
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        ref = ArtifactRef(stage=stage, key=key, path=f"{stage}/{key}", digest=dir_digest(tmp),
-                          rows=rows, schema_=schema, files=files)
+        digests = file_digests(tmp)
+        ref = ArtifactRef(stage=stage, key=key, path=f"{stage}/{key}", digest=combine_digests(digests),
+                          rows=rows, schema_=schema, files=files, file_digests=digests)
         manifest = {"stage": stage, "key": key, **manifest, "ref": ref.model_dump(), "digest": ref.digest, "rows": rows,
                     "schema": schema, "records": records_digest(tmp),
                     "created": dt.datetime.now(dt.timezone.utc).isoformat()}

@@ -159,7 +159,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, list | tuple) else str(v)
     return out
 
 
@@ -181,11 +181,31 @@ def start_parent(c: MlflowClient, experiment_id: str, run_name: str, flow_run_id
                           max_results=1)
     if found:
         c.update_run(found[0].info.run_id, status="RUNNING")
+        for k, v in process_tags().items():  # the retry's process owns the run now
+            c.set_tag(found[0].info.run_id, k, v)
         return found[0].info.run_id
     run = c.create_run(experiment_id, run_name=run_name,
                        tags={**tags, PIPELINE_TAG: "pipeline", "prefect.flow_run_id": flow_run_id})
     _log_params(c, run.info.run_id, params)
     return run.info.run_id
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so `entroflow runs` can tell a killed run from a running one."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def run_process_alive(run) -> bool:
+    """False when a RUNNING run's process is gone (killed): same host and no such pid. A run from
+    another host, or without these tags, is taken as alive (nothing here can tell)."""
+    import socket
+
+    tags = run.data.tags
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return True
+    return pid_alive(int(tags["pid"]))
 
 
 def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest: dict,

@@ -48,12 +48,20 @@ def _scratch(cfg: PipelineConfig) -> bool:
     return cfg.model.source == "scratch"
 
 
+def input_files(cfg: PipelineConfig) -> dict[str, str]:
+    """Content digests of the files a config points at, by config key. They enter the cache key
+    of the stage that reads them, so an edited file is never served from the cache."""
+    memo = workspace.home() / "store" / ".input-digests.json"
+    return {key: provenance.path_digest(path, memo) for key, path in cfg.input_paths().items()}
+
+
 DAG: list[Node] = [
-    Node(generate_data, {}, lambda c, d: {"seed": c.seed, "data": d["data"]}),
+    Node(generate_data, {}, lambda c, d: {"seed": c.seed, "data": d["data"],
+                                          **_files(c, "data.")}),
     Node(build_tokenizer, {"generate_data": "generate_data"}, lambda c, d: {"tokenizer": d["tokenizer"]}, _scratch),
     Node(pretrain_base, {"generate_data": "generate_data", "build_tokenizer": "build_tokenizer"},
          lambda c, d: {"seed": c.seed, "model": d["model"],
-                       "pretrain": d["pretrain"] if c.model.source == "scratch" else None}),
+                       "pretrain": d["pretrain"] if c.model.source == "scratch" else None, **_files(c, "model.")}),
     Node(rollout, {"generate_data": "generate_data", "model": "pretrain_base"},
          lambda c, d: {"seed": c.seed, "rollout": d["rollout"]}),
     Node(evaluate, {"generate_data": "generate_data", "rollout": "rollout"}, lambda c, d: {"evaluate": d["evaluate"]}),
@@ -62,12 +70,22 @@ DAG: list[Node] = [
          lambda c, d: {"name": c.name, "config_hash": provenance.config_hash(d), "report": d["report"],
                        "evaluate": d["evaluate"], "rollout": d["rollout"]}),
 ]
+
+
+def _files(cfg: PipelineConfig, prefix: str) -> dict:
+    """The ``files`` entry of a stage's keyed section: digests of its input files (none: no entry,
+    so configs without input files keep their keys)."""
+    files = {k: v for k, v in input_files(cfg).items() if k.startswith(prefix)}
+    return {"files": files} if files else {}
+
+
 STAGE_NAMES = [n.stage.name for n in DAG]
 assert tuple(STAGE_NAMES) == PIPELINE_STAGES[: len(STAGE_NAMES)], "keep entroflow.config.PIPELINE_STAGES in step"
 
 
 def forced_closure(force: list[str]) -> set[str]:
-    """The forced spine stages and everything downstream of them."""
+    """The forced stages and labels, plus the spine stages downstream of them (the reasoning
+    flow's stages downstream of a recomputed one are forced by :class:`Runner` as they run)."""
     check_stage_names(force)
     out = set(force)
     for node in DAG:
@@ -86,29 +104,29 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
     rows = []
     for node in DAG:
         name = node.stage.name
+        after = ", ".join(node.parents.values()) or "-"
         if not node.enabled(cfg):
-            rows.append({"stage": name, "status": "skipped", "why": "disabled by config", "key": ""})
+            rows.append({"stage": name, "after": after, "status": "skipped", "why": "disabled by config", "key": ""})
             continue
         parents = {alias: refs.get(up) for alias, up in node.parents.items() if up in refs}
         waiting = [up for alias, up in node.parents.items() if up in refs and refs[up] is None]
         section = node.section(cfg, d)
         if waiting:
             refs[name] = None
-            rows.append({"stage": name, "status": "run", "key": "?",
-                         "why": f"upstream {', '.join(waiting)} will run, so its key is not known yet"})
+            rows.append({"stage": name, "after": after, "status": "pending", "key": "?", "why": _waiting(waiting)})
             continue
         key = node.stage.key(section, parents)
         ref, why = store.lookup(name, key)
         if name in forced:
             ref, why = None, "forced (--force)"
         elif ref is None:
-            why = why + _diff_from_latest(store, node.stage, section, parents)
+            why = why + _diff_from_latest(store, node.stage, section, parents) + _resumes(store, name, key)
         refs[name] = ref.model_dump() if ref else None
-        rows.append({"stage": name, "status": "cached" if ref else "run", "key": key, "why": why})
+        rows.append({"stage": name, "after": after, "status": "cached" if ref else "run", "key": key, "why": why})
     if cfg.rl is not None:
         if refs.get("generate_data") is None or refs.get("pretrain_base") is None:
-            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "status": "run", "key": "?",
-                         "why": "the base model or data will be rebuilt first"})
+            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "after": "pretrain_base",
+                         "status": "pending", "key": "?", "why": _waiting(["generate_data or pretrain_base"])})
         else:
             from flows.reasoning import run_reasoning
 
@@ -125,40 +143,69 @@ class _Planner:
     store: Store
     force: set[str]
     rows: list[dict] = field(default_factory=list)
-    pending: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)  # labels that will run or may run
+    forced_labels: set[str] = field(default_factory=set)  # labels that will run because of --force
 
     def run(self, stage: Stage, section: dict, parents: dict, label: str | None = None,
             parent_labels: list[str] = (), meta: dict | None = None) -> dict | None:
         label = label or stage.name
+        after = ", ".join(dict.fromkeys(parent_labels)) if len(parent_labels) <= 3 else \
+            f"{len(parent_labels)} stages: every train_rl and evaluate"
+        forced_up = [p for p in parent_labels if p in self.forced_labels]
+        if forced_up or stage.name in self.force or label in self.force:
+            # Forced, or downstream of a forced stage: it runs whatever its key (as in Runner.run).
+            self.pending.add(label), self.forced_labels.add(label)
+            why = f"forced (upstream {forced_up[0]} is forced)" if forced_up else "forced (--force)"
+            self.rows.append({"stage": label, "after": after, "status": "run", "key": "?", "why": why})
+            return None
         waiting = [p for p in parent_labels if p in self.pending]
         if waiting or any(v is None for v in parents.values()):
             self.pending.add(label)
-            self.rows.append({"stage": label, "status": "run", "key": "?",
-                              "why": f"upstream {', '.join(waiting) or 'stage'} will run, so its key is not known yet"})
+            self.rows.append({"stage": label, "after": after, "status": "pending", "key": "?",
+                              "why": _waiting(waiting or ["stage"])})
             return None
         key = stage.key(section, parents)
         ref, why = self.store.lookup(stage.name, key)
-        if stage.name in self.force:
-            ref, why = None, "forced (--force)"
+        if ref is None:
+            why += _diff_from_latest(self.store, stage, section, parents) + _resumes(self.store, stage.name, key)
         if ref is None:
             self.pending.add(label)
-        self.rows.append({"stage": label, "status": "cached" if ref else "run", "key": key, "why": why})
+        self.rows.append({"stage": label, "after": after, "status": "cached" if ref else "run", "key": key, "why": why})
         return ref.model_dump() if ref else None
 
 
+def _waiting(upstream: list[str]) -> str:
+    return (f"upstream {', '.join(upstream[:3])} runs first; this stage reruns only if the data it reads "
+            f"from there changes (its key is known only then)")
+
+
+def _resumes(store: Store, stage: str, key: str) -> str:
+    """A stage killed after a checkpoint resumes from it (RL training keeps them in .work/)."""
+    ckpts = sorted((store.root / ".work" / stage / key / "checkpoints").glob("step-*"))
+    return f"; resumes from step {int(ckpts[-1].name.split('-')[1])}" if ckpts else ""
+
+
 def _diff_from_latest(store: Store, stage: Stage, section: dict, parents: dict) -> str:
+    """Why the key moved since the stage's last output: which config keys, which input files,
+    code, or which upstream data the stage reads."""
     last = store.latest_manifest(stage.name)
     if last is None:
         return " (never run in this workspace)"
     new, old = tracking.flatten(section), tracking.flatten(last["config"])
     changed = sorted({k for k in new if old.get(k) != new[k]} | {k for k in old if k not in new})
+    files = [k.removeprefix("files.") for k in changed if k.startswith("files.")]
+    keys = [k for k in changed if not k.startswith("files.")]
     reasons = []
-    if changed:
-        reasons.append("config changed since the last run: " + ", ".join(changed[:5]))
+    if files:
+        reasons.append("input file changed: " + ", ".join(files))
+    if keys:
+        reasons.append("config changed since the last run: " + ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else ""))
     if last["code_version"] != stage.code_version:
         reasons.append("code changed since the last run")
-    if {k: v["digest"] for k, v in last["parents"].items()} != {k: v["digest"] for k, v in parents.items()}:
-        reasons.append("upstream output changed")
+    moved = [k for k, v in parents.items()
+             if last["parents"].get(k, {}).get("digest") != stage.parent_digest(k, v)]
+    if moved:
+        reasons.append("upstream data it reads changed: " + ", ".join(moved))
     return f" ({'; '.join(reasons)})" if reasons else ""
 
 
@@ -198,7 +245,7 @@ class Runner:
         label = label or stage.name
         key = stage.key(section, parents)
         verified, why = self.store.lookup(stage.name, key)
-        forced = stage.name in self.force or any(p in self.recomputed for p in parent_labels)
+        forced = stage.name in self.force or label in self.force or any(p in self.recomputed for p in parent_labels)
         # Refresh Prefect's cache record when forced, or when the output behind it is gone or corrupt.
         refresh = forced or verified is None
         t0 = time.time()
@@ -249,7 +296,7 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
               "prefect.flow_run_name": flow_run.get_name() or "", "overrides": " ".join(changes),
               "mlflow.note.content": f"`entroflow run {config_path}` " + " ".join(
                   [*(f"--set {o}" for o in overrides or []), *(f"--force {f}" for f in force or [])]),
-              "pid": str(os.getpid())},
+              **tracking.process_tags()},
     )
     runner = Runner(store, c, exp_id, parent, forced, meta=run_meta(cfg, "pipeline"))
     refs: dict[str, dict] = {}

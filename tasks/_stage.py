@@ -6,7 +6,9 @@ wrapper adds what every stage needs:
 
 * cache key = sha256(stage name, canonical JSON of its config section, parents' digests, code
   version of the modules it runs) -- computed by :meth:`Stage.key`, used by Prefect's cache and as
-  the store path;
+  the store path. A stage declares which files of a parent it ``reads`` (glob patterns); the
+  parent's digest in its key then covers those files only, so a change to data the stage never
+  reads (say the OOD suites, for pretraining) leaves it cached;
 * the store short-cut: a verified output already at the key is returned without running (so a lost
   Prefect cache record never forces recomputation, and a corrupted output never survives);
 * atomic commit with a manifest (config, parents, code version, git commit, package versions,
@@ -15,6 +17,7 @@ wrapper adds what every stage needs:
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -28,7 +31,7 @@ import pyarrow as pa
 from prefect import task
 
 from entroflow import provenance, workspace
-from entroflow.store import ArtifactRef, Store, write_table
+from entroflow.store import ArtifactRef, Store, combine_digests, write_table
 
 FAILPOINT_ENV = "ENTROFLOW_FAILPOINT"
 _failpoints_fired: set[str] = set()
@@ -120,14 +123,25 @@ class Stage:
     body: Callable[[StageOutput, dict, dict[str, Path]], None]
     code: list[ModuleType | str | Path]
     main_table: str | None
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # parent alias -> file globs it reads
     task: object = field(repr=False, default=None)
 
     @property
     def code_version(self) -> str:
         return provenance.code_version(self.code)
 
+    def parent_digest(self, alias: str, ref: dict | ArtifactRef) -> str:
+        """The digest of what this stage reads of a parent: the files matching ``reads[alias]``,
+        or the whole output when the stage declares nothing for it."""
+        ref = ArtifactRef.model_validate(ref)
+        patterns = self.reads.get(alias)
+        if not patterns or not ref.file_digests:
+            return ref.digest
+        return combine_digests({f: d for f, d in ref.file_digests.items()
+                                if any(fnmatch.fnmatch(f, p) for p in patterns)})
+
     def key(self, config: dict, parents: dict[str, dict]) -> str:
-        digests = {k: ArtifactRef.model_validate(v).digest for k, v in sorted(parents.items())}
+        digests = {k: self.parent_digest(k, v) for k, v in sorted(parents.items())}
         return provenance.sha256_text(provenance.canonical_json(
             {"stage": self.name, "config": config, "parents": digests, "code": self.code_version}
         ))[:24]
@@ -152,7 +166,7 @@ class Stage:
             _failpoint(self.name)
             manifest = {
                 "stage": self.name, "key": key, "config": config,
-                "parents": {k: {"stage": v["stage"], "key": v["key"], "digest": v["digest"]}
+                "parents": {k: {"stage": v["stage"], "key": v["key"], "digest": self.parent_digest(k, v)}
                             for k, v in parents.items()},
                 "code_version": self.code_version, "git_commit": provenance.git_commit(),
                 "packages": provenance.package_versions(), "metrics": out.metrics,
@@ -163,12 +177,14 @@ class Stage:
         return {**ref.model_dump(), "reused": False}
 
 
-def stage(name: str, code: list, main_table: str | None = None, retries: int = 2):
-    """Declare a stage: ``@stage("rollout", code=[entroflow.rollout])`` over a body function."""
+def stage(name: str, code: list, main_table: str | None = None, retries: int = 2,
+          reads: dict[str, tuple[str, ...]] | None = None):
+    """Declare a stage: ``@stage("rollout", code=[entroflow.rollout], reads={"generate_data": (...)})``
+    over a body function. ``reads`` names, per parent, the files the body opens (glob patterns)."""
 
     def deco(body):
         s = Stage(name=name, body=body, code=[*code, body.__globals__["__file__"]],
-                  main_table=main_table)
+                  main_table=main_table, reads=dict(reads or {}))
 
         @task(name=name, task_run_name=name, cache_key_fn=_cache_key, persist_result=True,
               result_serializer="json", retries=retries, retry_delay_seconds=1,

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 
 from entroflow import tokenizer as tok_lib
 from tasks._stage import StageOutput, stage
+from tasks.generate_data import PRETRAINING_FILES
 
 
 def corpus_texts(data_dir: Path) -> dict[str, list[str]]:
@@ -23,7 +24,7 @@ def corpus_texts(data_dir: Path) -> dict[str, list[str]]:
     return texts
 
 
-@stage("build_tokenizer", code=[tok_lib])
+@stage("build_tokenizer", code=[tok_lib], reads={"generate_data": PRETRAINING_FILES})
 def build_tokenizer(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     texts = corpus_texts(parents["generate_data"])
     everything = [t for ts in texts.values() for t in ts]

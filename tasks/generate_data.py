@@ -12,6 +12,10 @@ from tasks._stage import StageOutput, stage
 
 
 WORLD_FILE = "world.json"  # answer format and which table is evaluated, for the stages downstream
+# What the stages downstream read of this output (their ``reads=``): the pretraining texts, and
+# the evaluated problems. A change elsewhere (the OOD suites, say) leaves those stages cached.
+PRETRAINING_FILES = ("reasoning.parquet", "corpus.parquet", "kg_facts.parquet")
+EVAL_FILES = (WORLD_FILE, "reasoning.parquet", "external.parquet")
 
 
 def read_world(data_dir: Path) -> dict:

@@ -12,10 +12,11 @@ from entroflow import tokenizer as tok_lib
 from entroflow.progress import progress_bar
 from entroflow.store import dir_digest
 from tasks._stage import StageOutput, stage
+from tasks.generate_data import PRETRAINING_FILES
 from tasks.build_tokenizer import corpus_texts
 
 
-@stage("pretrain_base", code=[model_lib, tok_lib])
+@stage("pretrain_base", code=[model_lib, tok_lib], reads={"generate_data": PRETRAINING_FILES})
 def pretrain_base(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     mcfg, pcfg, seed = config["model"], config["pretrain"], config["seed"]
     if mcfg["source"] == "pretrained":

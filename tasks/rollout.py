@@ -11,7 +11,7 @@ from entroflow.rl import em_inf as em_inf_lib
 from entroflow.progress import progress_bar
 from entroflow.rl.em_inf import EMInfProcessor
 from tasks._stage import StageOutput, stage
-from tasks.generate_data import read_eval_table, read_world
+from tasks.generate_data import EVAL_FILES, read_eval_table, read_world
 
 
 def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table:
@@ -21,7 +21,7 @@ def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table
     return table.slice(0, n_prompts) if n_prompts else table
 
 
-@stage("rollout", code=[rollout_lib, model_lib, em_inf_lib], main_table="rollouts.parquet")
+@stage("rollout", code=[rollout_lib, model_lib, em_inf_lib], main_table="rollouts.parquet", reads={"generate_data": EVAL_FILES})
 def rollout(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     rc, seed = config["rollout"], config["seed"]
     model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]))

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from entroflow import model as model_lib
-from entroflow.progress import progress_bar
+from entroflow.progress import note, progress_bar
 from entroflow.rl import objectives, settings
 from entroflow.rl import trainer as trainer_lib
 from tasks._stage import StageOutput, stage
-from tasks.generate_data import read_eval_table
+from tasks.generate_data import EVAL_FILES, read_eval_table
 
 LABEL_FREE_COLUMNS = ["id", "prompt"]  # what label-free methods may read of the training split
 
@@ -27,7 +27,7 @@ def training_prompts(data_dir: Path, with_labels: bool) -> tuple[list[dict], lis
     return train, test
 
 
-@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib])
+@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib], reads={"generate_data": EVAL_FILES})
 def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     cfg = settings.TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
     cfg.validate()
@@ -38,7 +38,10 @@ def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     with progress_bar(f"train_rl {cfg.method}", total=cfg.steps, unit="step") as advance:
         tr = trainer_lib.RLTrainer(model, tokenizer, cfg, train, work_dir=out.work_dir, eval_prompts=test,
                                    step_callback=lambda k, st: advance(1, reward=st.get("reward_mean", 0.0)))
-        advance(tr.step)  # resumed steps
+        resumed_from = tr.step
+        if resumed_from:
+            note(f"train_rl {cfg.method}: resumed from the checkpoint at step {resumed_from} of {cfg.steps}")
+        advance(resumed_from)
         history = tr.train()
     for h in history:
         out.log_step(h["step"], **{k: v for k, v in h.items() if k != "step" and v is not None})
@@ -51,7 +54,7 @@ def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
         shutil.copytree(src, out.dir / "rollouts")
     last = history[-min(10, len(history)):]
     mean = lambda k: sum(h.get(k, 0.0) for h in last) / len(last)  # noqa: E731
-    out.log(steps=len(history), final_reward_mean=mean("reward_mean"), final_token_entropy=mean("token_entropy_mean"),
+    out.log(steps=len(history), resumed_from_step=resumed_from, final_reward_mean=mean("reward_mean"), final_token_entropy=mean("token_entropy_mean"),
             final_response_length=mean("response_length_mean"),
             sequences_generated=sum(h.get("sequences_generated", 0) for h in history),
             sequences_trained=sum(h.get("kept_sequences", 0) for h in history),

@@ -94,3 +94,62 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, monkeypatch, args):
     out = result.output.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("error:"), result.output
     assert not home.exists() or not any(home.rglob("*")), list(home.rglob("*"))
+
+
+# --- issue 13: fail before running ------------------------------------------------------------
+def _ext(tmp_path, text: str) -> list[str]:
+    """--set arguments pointing data.external at a JSONL file with ``text``."""
+    p = tmp_path / "data.jsonl"
+    p.write_text(text)
+    return ["--set", "data.external={path: %s, format: gsm8k}" % p]
+
+
+BAD_INPUTS = {
+    # argv (CONFIG = smoke.yaml), what the one line must name
+    "malformed jsonl": (lambda t: _ext(t, '{"question": "q", "answer": "#### 1"}\n{oops\n'), "line 2: not valid JSON"),
+    "missing column": (lambda t: _ext(t, '{"question": "q"}\n'), "line 1: missing field 'answer'"),
+    "empty file": (lambda t: _ext(t, "\n\n"), "no rows"),
+    "rl with test-only external": (lambda t: ["--set", f"data.external={{path: {REPO}/tests/fixtures/gsm8k_sample.jsonl, format: gsm8k}}",
+                                              "--set", "rl={methods: [grpo]}"], "rl: RL trains on the 'train' split"),
+    "unclosed list": (lambda t: ["--set", "pretrain.steps=[1,2"], "--set pretrain.steps=[1,2: the value is not valid YAML"),
+    "markup-like value": (lambda t: ["--set", "report.title=[bold]x[/bold]"], "--set report.title=[bold]x[/bold]"),
+    "bracketed unknown label": (lambda t: ["--force", "train_rl[grpo,s0]"], "--force train_rl[grpo,s0]: no such stage"),
+    "unknown stage with brackets": (lambda t: ["--force", "trian_rl[grpo,s0]"], "--force trian_rl[grpo,s0]: unknown stage"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_verbatim_line_and_writes_nothing(tmp_path, monkeypatch, case):
+    """Every bad input of issue 13 §2: exit 2, one line that shows the user's text verbatim
+    (square brackets included), and nothing written (no Prefect DB, no MLflow run)."""
+    make_args, expected = BAD_INPUTS[case]
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENTROFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["run", str(SMOKE), *make_args(tmp_path)], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    out = result.output.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error:") and expected in out[0], result.output
+    assert not home.exists(), list(home.rglob("*"))
+
+
+def test_typo_in_a_config_file_names_the_unknown_key_first(tmp_path):
+    p = _write(tmp_path, lambda r: r["pretrain"].update(stpes=r["pretrain"].pop("steps")))
+    with pytest.raises(ConfigError, match=r"unknown key 'pretrain.stpes'"):
+        load_config(p)
+
+
+def test_narrowing_methods_ignores_other_methods_settings_with_a_note():
+    cfg = load_config(REPO / "configs" / "reasoning.yaml", ["rl.methods=[grpo]"])
+    assert cfg.rl.methods == ["grpo"]
+    assert cfg.notes() == ["rl.per_method.dapo is ignored: 'dapo' is not in rl.methods"]
+    r = CliRunner().invoke(app, ["stages", str(REPO / "configs" / "smoke-rl.yaml"), "--set", "rl.methods=[grpo]"],
+                           terminal_width=400)
+    assert r.exit_code == 0 and "note: rl.per_method.dapo is ignored" in r.output, r.output
+
+
+def test_external_file_is_checked_when_the_config_is_validated(tmp_path):
+    good = load_config(SMOKE, [f"data.external={{path: {REPO}/tests/fixtures/gsm8k_sample.jsonl, format: gsm8k}}"])
+    assert good.input_paths() == {"data.external.path": REPO / "tests" / "fixtures" / "gsm8k_sample.jsonl"}
+    with pytest.raises(ConfigError, match=r"data.external.path: .*math_sample.jsonl: line 1: missing field 'question'"):
+        load_config(SMOKE, [f"data.external={{path: {REPO}/tests/fixtures/math_sample.jsonl, format: gsm8k}}"])

@@ -317,6 +317,18 @@ def test_reasoning_flow_compares_methods(ws):
     names = {r.info.run_name for r in kids}
     assert {f"train_rl[{m},s0]" for m in methods} <= names and "compare" in names
     train_run = next(r for r in kids if r.info.run_name == "train_rl[dapo,s0]")
+    # Every child carries what a user groups by, as params (compare page, parallel coordinates)
+    # and tags, with the same keys in every flow.
+    ev = next(r for r in kids if r.info.run_name == "evaluate[empo,s0]")
+    assert {k: ev.data.params[k] for k in ("flow", "stage", "method", "seed", "model", "model_source")} == {
+        "flow": "reasoning", "stage": "evaluate", "method": "empo", "seed": "0", "model": "train_rl[empo,s0]",
+        "model_source": "scratch"}
+    assert ev.data.params["train.reward"] == "empo" and ev.data.tags["method"] == "empo"
+    assert train_run.data.params["method"] == "dapo" and train_run.data.params["train.eps_high"] == "0.28"
+    base = next(r for r in kids if r.info.run_name == "evaluate[base,s0]")
+    assert base.data.params["method"] == "base" and base.data.params["flow"] == "reasoning"
+    spine = next(r for r in kids if r.info.run_name == "pretrain_base")
+    assert spine.data.params["flow"] == "pipeline" and spine.data.params["method"] == "base"
     hist = c.get_metric_history(train_run.info.run_id, "step/reward_mean")
     assert [h.step for h in hist] == [0, 1, 2]
     assert {f.path for f in c.list_artifacts(train_run.info.run_id)} >= {"model", "rollouts", "history.parquet"}
@@ -334,3 +346,100 @@ def test_cli_stages_plans_the_reasoning_stages(ws):
     for label in ("train_rl[dapo,s0]", "evaluate[base+em_inf,s0]", "compare"):
         assert label in r.output
     assert "will run" not in r.output, r.output  # every spine and reasoning stage is Cached
+    from entroflow.config import load_config
+    from flows.pipeline import plan
+
+    cfg = load_config(REPO / "configs" / "smoke-rl.yaml")
+    rows = {r["stage"]: r for r in plan(cfg)}
+    assert list(rows) == cfg.stage_labels()  # what --force is checked against before Prefect starts
+    assert rows["rollout[grpo,s0]"]["after"] == "generate_data, train_rl[grpo,s0]"
+    assert rows["evaluate[grpo,s0]"]["after"] == "rollout[grpo,s0]"
+    # One method forced alone: it and what reads it will run, nothing else.
+    forced = {r["stage"]: r["status"] for r in plan(cfg, ["train_rl[grpo,s0]"])}
+    assert {k for k, v in forced.items() if v == "run"} == {
+        "train_rl[grpo,s0]", "rollout[grpo,s0]", "evaluate[grpo,s0]", "compare"}, forced
+
+
+# --- issue 13: never serve stale data, progress without a terminal, reports per run, runs -----
+def test_edited_external_file_recomputes_only_what_reads_it(ws, tmp_path):
+    """The cache key covers an input file's content, not its path: an edited answer is never
+    served from the cache. Only the stages that read the file recompute; pretraining does not."""
+    from entroflow.cli import app
+    from entroflow.store import Store
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text((REPO / "tests" / "fixtures" / "gsm8k_sample.jsonl").read_text())
+    ext = [f"data.external={{path: {data}, format: gsm8k}}"]
+    assert run_pipeline(ext).is_completed()
+    data.write_text(data.read_text().replace("#### 7", "#### 8", 1))
+    r = CliRunner().invoke(app, ["stages", SMOKE, "--set", ext[0]], env={"COLUMNS": "250"})
+    assert "input file changed: data.external.path" in r.output, r.output
+    results = run_pipeline(ext).result()
+    s = states(results)
+    assert s["generate_data"] == "Completed"
+    assert s["build_tokenizer"] == s["pretrain_base"] == "Cached", s  # pretraining does not read the file
+    assert s["rollout"] == "Completed"  # it reads the evaluated problems
+    store = Store(ws / "store")
+    answers = pq.read_table(store.resolve(results["generate_data"]["ref"]) / "external.parquet")["answer"].to_pylist()
+    assert answers[0] == "8"
+    assert json.loads((store.resolve(results["generate_data"]["ref"]) / "manifest.json").read_text())[
+        "config"]["files"]["data.external.path"]
+
+
+def test_data_change_that_pretraining_does_not_read_keeps_it_cached(ws):
+    from entroflow.cli import app
+
+    r = CliRunner().invoke(app, ["stages", SMOKE, "--set", "data.ood.n_per_suite=11"], env={"COLUMNS": "250"})
+    assert "data.ood.n_per_suite" in r.output and "data.reasoning.levels" not in r.output, r.output
+    s = states(run_pipeline(["data.ood.n_per_suite=11"]).result())
+    assert s["generate_data"] == "Completed"
+    assert s["build_tokenizer"] == s["pretrain_base"] == s["rollout"] == s["evaluate"] == "Cached", s
+
+
+def test_progress_lines_without_a_terminal_and_one_line_per_stage(ws, prefect_server):
+    out = subprocess.run([sys.executable, "-m", "entroflow.cli", "run", SMOKE, "--force", "pretrain_base",
+                          "--set", "report.title=forced rerun"],
+                         env=_env({"PREFECT_API_URL": prefect_server, "ENTROFLOW_PROGRESS": "1"}),
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pretrain_base: 60/60 step (100%)" in out.stderr and "loss=" in out.stderr, out.stderr
+    assert "rollout sampled: " in out.stderr
+    lines = out.stdout.splitlines()
+    assert [x.split()[:2] for x in lines[:len(STAGES)]] == [
+        ["Cached", "generate_data"], ["Cached", "build_tokenizer"]] + [["Completed", s] for s in STAGES[2:]], out.stdout
+
+
+def test_each_run_publishes_its_own_report(ws):
+    reports = ws / "reports" / "smoke"
+    runs = sorted(p for p in reports.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    assert len(runs) >= 5
+    titles = {(p / "report.md").read_text().splitlines()[0] for p in runs}
+    assert any("forced rerun" in t for t in titles) and len(titles) >= 2  # two overrides, two reports kept
+    latest = reports / "latest"
+    assert latest.is_symlink() and latest.resolve() == max(runs, key=lambda p: p.stat().st_mtime).resolve()
+    assert "forced rerun" in (latest / "report.md").read_text()
+
+
+def test_runs_marks_a_killed_run_and_counts_its_own_stages(ws):
+    from mlflow.tracking import MlflowClient
+
+    from entroflow import tracking
+    from entroflow.cli import app
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    c = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = c.get_experiment_by_name("entroflow").experiment_id
+    rid = tracking.start_parent(c, exp, "smoke-gone", "no-such-flow-run", {}, tracking.process_tags())
+    c.set_tag(rid, "pid", str(gone.pid))  # as if the run's process had been SIGKILLed
+    r = CliRunner().invoke(app, ["runs", "--limit", "30"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if "smoke-gone" in line)
+    assert [cell.strip() for cell in row.split("│")][3] == "killed", row
+    assert c.get_run(rid).info.status == "KILLED"
+    import re
+
+    totals = {int(t) for t in re.findall(r"│ \d+/(\d+) +│", r.output)}
+    assert 6 in totals and max(totals) > 6, totals  # each run's own stage count (smoke: 6; smoke-rl: more)
+    assert "maj@4" in r.output and "pass@4" in r.output
+    assert "dapo" in r.output or "grpo" in r.output or "empo" in r.output  # the reasoning run's best method

@@ -53,6 +53,16 @@ def load_math(path: str | Path, split: str = "test") -> pa.Table:
     return _load(path, split, "math", ("problem", "solution"), _math_row)
 
 
+def check(path: str | Path, fmt: str, split: str = "test") -> int:
+    """Load ``path`` as ``fmt`` (gsm8k | math) and return its row count; ``ValueError`` (one line
+    naming the file and line) when it is malformed or holds no rows. Config validation calls it,
+    so a bad file stops a run before anything is written."""
+    table = (load_gsm8k if fmt == "gsm8k" else load_math)(path, split)
+    if table.num_rows == 0:
+        raise ValueError(f"{path}: no rows (an empty file, or blank lines only)")
+    return table.num_rows
+
+
 def gsm8k_final_answer(solution: str) -> str | None:
     """The normalised answer after the last ``#### `` marker, or None if there is none."""
     marker = solution.rfind("####")
