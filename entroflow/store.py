@@ -110,6 +110,9 @@ class Store:
         """The verified output at ``key``, or None and the reason it is not usable."""
         d = self.path(stage, key)
         if not d.is_dir():
+            latest = self.root / stage / "LATEST"
+            if latest.exists() and latest.read_text().strip() == key:
+                return None, "output missing (deleted after it was computed)"
             return None, "no output for this key"
         try:
             manifest = json.loads((d / MANIFEST).read_text())

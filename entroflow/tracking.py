@@ -242,8 +242,9 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
     _log_metrics(c, rid, ms)
     if cached:
         origin = c.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                               # FINISHED: a run killed while copying its artifacts holds only some
                                filter_string=f"tags.cache_key = '{manifest['key']}' and tags.cached = 'false' "
-                                             f"and tags.digest = '{manifest['digest']}'")
+                                             f"and tags.digest = '{manifest['digest']}' and attributes.status = 'FINISHED'")
         if origin:
             c.set_tag(rid, "artifacts_run_id", origin[0].info.run_id)
             c.set_terminated(rid, "FINISHED")

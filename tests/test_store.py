@@ -131,3 +131,25 @@ def test_run_records_are_checked_but_not_in_the_digest(tmp_path):
     (tmp_path / "stage" / "k" / "metrics.json").write_text("{}")
     ref, why = store.lookup("stage", "k")
     assert ref is None and "records" in why
+
+
+def test_missing_and_partially_deleted_outputs_are_named_as_such(tmp_path):
+    """`entroflow stages` says why a stage reruns: a deleted output is "missing", not a digest of nothing."""
+    import shutil
+
+    store = Store(tmp_path)
+    ref = _commit(store, "k1")
+    (store.resolve(ref) / "t.parquet").unlink()
+    assert store.lookup("stage", "k1") == (None, "output corrupted (files missing: t.parquet)")
+    shutil.rmtree(store.resolve(ref))
+    assert store.lookup("stage", "k1") == (None, "output missing (deleted after it was computed)")
+    assert store.lookup("stage", "other") == (None, "no output for this key")
+
+
+def test_file_digests_let_a_reader_key_on_what_it_reads(tmp_path):
+    from entroflow.store import combine_digests
+
+    store = Store(tmp_path)
+    ref = _commit(store, "k1")
+    assert set(ref.file_digests) == {"sub/f.txt", "t.parquet"}
+    assert combine_digests(ref.file_digests) == ref.digest
