@@ -153,3 +153,16 @@ def test_file_digests_let_a_reader_key_on_what_it_reads(tmp_path):
     ref = _commit(store, "k1")
     assert set(ref.file_digests) == {"sub/f.txt", "t.parquet"}
     assert combine_digests(ref.file_digests) == ref.digest
+
+
+def test_stage_key_covers_only_the_parent_files_it_reads():
+    from tasks._stage import Stage
+
+    reader = Stage(name="r", body=lambda *a: None, code=[__file__], main_table=None, reads={"data": ("a.parquet",)})
+    everything = Stage(name="r", body=lambda *a: None, code=[__file__], main_table=None)
+    old = {"stage": "d", "key": "k", "path": "d/k", "digest": "D1", "file_digests": {"a.parquet": "1", "b.parquet": "2"}}
+    new_b = {**old, "digest": "D2", "file_digests": {"a.parquet": "1", "b.parquet": "3"}}
+    new_a = {**old, "digest": "D3", "file_digests": {"a.parquet": "9", "b.parquet": "2"}}
+    assert reader.key({}, {"data": old}) == reader.key({}, {"data": new_b})  # b changed: not read
+    assert reader.key({}, {"data": old}) != reader.key({}, {"data": new_a})
+    assert everything.key({}, {"data": old}) != everything.key({}, {"data": new_b})
