@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 LEVEL_ENV = "ENTROFLOW_LOG_LEVEL"
@@ -76,4 +77,6 @@ def attach(path: Path, verbose: bool = False) -> logging.Handler:
         logging.getLogger(name).addHandler(fh)
     for name in ("entroflow", "tasks", "flows"):  # our own INFO (e.g. "resumed from step 25") reaches the file
         logging.getLogger(name).setLevel(logging.INFO)
+    if level > logging.INFO:  # a warning is one line (Python's default adds the source line that raised it)
+        warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
     return fh

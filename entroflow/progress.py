@@ -48,7 +48,7 @@ def progress_bar(description: str, total: int, unit: str = "it") -> Iterator:
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
     ]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:  # the stage line replaces it
         task = progress.add_task(escape(description), total=total, rate="", info="")
 
         def advance(n: int = 1, **fields) -> None:
