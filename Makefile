@@ -22,6 +22,8 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/bench_vs_trl.py
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_rl_step.py
 	$(PY) benchmarks/bench_pipeline.py

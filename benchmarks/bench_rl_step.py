@@ -1,10 +1,13 @@
-"""Benchmark: seconds per RL step on CPU, split into rollout / reward (incl. the old-log-prob
-forward) / update, for each method on a fixed workload.
+"""Benchmark: seconds per RL step on CPU, split into rollout / old log-probs (the no-grad
+forward, or 0 where the engine's log-probs are used, plus the reference model's forward for a KL
+term) / reward / update, for each method on a fixed workload.
 
 Workload: the default model size (Qwen2 hidden 128, 2 layers, 0.53M parameters) briefly
 pretrained on the default arithmetic world so completions have realistic lengths; 16 prompts x
-G=8 samples per step, at most 48 new tokens, mini-batch 64, one PPO epoch. Prints measured
-numbers only; asserts nothing. The reasoning flow's wall time is measured by running
+G=8 samples per step, at most 48 new tokens, mini-batch 64, one PPO epoch. Each method runs
+with its preset (GRPO with its KL term, so a reference forward). Prints measured numbers only
+(per-step medians); asserts nothing. Other jobs on the machine change them a lot: the load
+average is printed. The reasoning flow's wall time is measured by running
 `entroflow run configs/reasoning.yaml` (see benchmarks/RESULTS.md).
 
     .venv/bin/python benchmarks/bench_rl_step.py [--steps 10] [--methods grpo,dapo,empo,em_rl,em_ft]
@@ -39,8 +42,8 @@ def main() -> None:
     ap.add_argument("--methods", default="grpo,dapo,empo,em_rl,em_ft")
     args = ap.parse_args()
     print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
-    print(f"machine: {platform.platform()} | cpus={os.cpu_count()} | torch {torch.__version__} "
-          f"threads={torch.get_num_threads()}")
+    print(f"machine: {platform.platform()} | cpus={os.cpu_count()} | load {os.getloadavg()[0]:.2f} | "
+          f"torch {torch.__version__} threads={torch.get_num_threads()}")
     rows = R.generate(LEVELS, 20000, 100, "+", 0.6, seed=0).to_pylist()
     train = [r for r in rows if r["split"] == "train"]
     tok = T.train_tokenizer([r["prompt"] + r["completion"] for r in train], 512)
@@ -52,18 +55,24 @@ def main() -> None:
     state = {k: v.clone() for k, v in base.state_dict().items()}
     prompts = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in train]
     print(f"workload: 16 prompts x G=8 per step, max_new_tokens 48, mini-batch 64, {args.steps} steps per method")
-    print(f"{'method':8s} {'s/step':>7s} {'rollout':>8s} {'reward':>7s} {'update':>7s} {'rounds':>6s} {'seqs':>5s} {'len':>5s}")
+    print(f"{'method':8s} {'s/step':>7s} {'rollout':>8s} {'old-lp':>7s} {'reward':>7s} {'update':>7s} {'rounds':>6s} "
+          f"{'seqs':>5s} {'len':>5s}")
     for method in args.methods.split(","):
         base.load_state_dict(state)
         cfg = TrainConfig.for_method(method, {"steps": args.steps, "prompts_per_step": 16, "group_size": 8,
                                               "lr": 3e-5, "mini_batch_size": 64, "micro_batch_size": 64})
         tr = RLTrainer(base, tok, cfg, prompts)
-        t0 = time.perf_counter()
-        h = tr.train()
-        wall = (time.perf_counter() - t0) / args.steps
+        ends = [time.perf_counter()]
+        for _ in range(args.steps):
+            tr.train_step()
+            ends.append(time.perf_counter())
+        wall = float(np.median(np.diff(ends)))
+        h = tr.history
         m = lambda k: float(np.mean([x.get(k, 0.0) for x in h]))  # noqa: E731
-        print(f"{method:8s} {wall:7.2f} {m('rollout_s'):8.2f} {m('reward_s'):7.2f} {m('update_s'):7.2f} "
-              f"{m('gen_rounds'):6.1f} {m('sequences_generated'):5.0f} {m('response_length_mean'):5.1f}")
+        md = lambda k: float(np.median([x.get(k, 0.0) for x in h]))  # noqa: E731
+        print(f"{method:8s} {wall:7.3f} {md('rollout_s'):8.3f} {md('old_logprob_s'):7.3f} {md('reward_s'):7.3f} "
+              f"{md('update_s'):7.3f} {m('gen_rounds'):6.1f} {m('sequences_generated'):5.0f} {m('response_length_mean'):5.1f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

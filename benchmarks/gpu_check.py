@@ -2,8 +2,10 @@
 engine and the RL trainer on CUDA, in bf16 autocast, with the same code the pipeline runs.
 
 Prints: device info; pretraining throughput; base accuracy (greedy, sampled T=1, maj@8); rollout
-tokens/s; the trainer/rollout log-prob gap in fp32 and bf16; and for GRPO, DAPO and EMPO the
-held-out accuracy curve and seconds per step. Measured numbers only; it asserts nothing.
+tokens/s (lean decoder, and the Hugging Face forward for comparison); the trainer/rollout log-prob
+gap in fp32 and bf16 (through the no-grad old-log-prob forward, which bf16 always runs; fp32 uses
+the engine's log-probs and measures the gap on the update forward); and for GRPO, DAPO and EMPO
+the held-out accuracy curve and seconds per step. Measured numbers only; it asserts nothing.
 
     python benchmarks/gpu_check.py [--pretrain-steps 1000] [--rl-steps 100] [--methods grpo,dapo,empo]
 """
@@ -73,7 +75,9 @@ def main() -> None:
     g, _, _ = accuracy(engine, test, 1, 0.0)
     s, maj, tps = accuracy(engine, test, 8, 1.0)
     print(f"base (fp32 decode): greedy {100 * g:.1f}% | sampled T=1 {100 * s:.1f}% | maj@8 {100 * maj:.1f}% | "
-          f"rollout {tps:,.0f} tokens/s", flush=True)
+          f"rollout {tps:,.0f} tokens/s (lean decoder: {engine.lean is not None})", flush=True)
+    _, _, tps_hf = accuracy(HFRolloutEngine(model, tok, batch_size=1024, device=dev, lean=False), test, 8, 1.0)
+    print(f"rollout with the Hugging Face forward: {tps_hf:,.0f} tokens/s", flush=True)
 
     prompts = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in train[:20000]]
     evalp = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in test]
@@ -84,7 +88,8 @@ def main() -> None:
         lps, _, _ = tr._old_logprobs(b)
         gap = max(float((lp - torch.from_numpy(b.rollout_logprobs[i][: len(lp)])).abs().max())
                   for i, lp in enumerate(lps) if len(lp))
-        print(f"trainer vs rollout log-prob gap ({dtype}): max |dlogp| = {gap:.2e}", flush=True)
+        print(f"trainer vs rollout log-prob gap ({dtype}): max |dlogp| = {gap:.2e} | step skips the old-log-prob "
+              f"forward: {tr._engine_logprobs_are_old()}", flush=True)
 
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for method in args.methods.split(","):

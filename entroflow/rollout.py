@@ -65,6 +65,8 @@ import pyarrow as pa
 import torch
 from transformers import DynamicCache
 
+from entroflow import lean_lm
+
 SCHEMA = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
@@ -157,6 +159,7 @@ def _i64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
+_NOISE_BUDGET = 1 << 22  # largest B * T * V whose noise the decoder precomputes (32 MiB of float64)
 _GOLDEN = _i64(0x9E3779B97F4A7C15)
 _MIX1 = _i64(0xBF58476D1CE4E5B9)
 _MIX2 = _i64(0x94D049BB133111EB)
@@ -196,6 +199,22 @@ def gumbel_noise(seeds: torch.Tensor, step: int, vocab_size: int) -> torch.Tenso
     return -torch.log(-torch.log(uniform_noise(seeds, step, vocab_size)))
 
 
+def gumbel_noise_steps(seeds: torch.Tensor, n_steps: int, vocab_size: int) -> torch.Tensor:
+    """:func:`gumbel_noise` of steps ``0 .. n_steps-1`` at once, ``[B, n_steps, V]`` float64:
+    bit for bit ``gumbel_noise(seeds, t, V)`` at ``[:, t]`` (the same integer and float ops,
+    broadcast over the step axis). The decoder uses it for small ``B * T * V`` to replace ~40
+    tiny ops per decoding step by one batched computation."""
+    seeds = seeds.to(torch.int64)
+    steps = torch.arange(n_steps, dtype=torch.int64, device=seeds.device)
+    step_term = torch.zeros_like(seeds)[:, None] + steps[None, :]
+    step_term = step_term * _STEP_SALT + _GOLDEN
+    key = _mix64(_mix64(seeds + _GOLDEN)[:, None] ^ step_term)  # [B, T]
+    v = torch.arange(1, vocab_size + 1, dtype=torch.int64, device=seeds.device)
+    bits = _mix64(key[:, :, None] + v[None, None, :] * _GOLDEN)
+    u = (_shr(bits, 11).to(torch.float64) + 0.5) * 2.0**-53
+    return -torch.log(-torch.log(u))
+
+
 def filter_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Set every score below the k-th largest of its row to ``-inf`` (ties with it survive)."""
     if k <= 0 or k >= scores.size(-1):
@@ -228,25 +247,38 @@ def _entropy(logq: torch.Tensor) -> torch.Tensor:
 
 
 def select_tokens(
-    scores: torch.Tensor, seeds: torch.Tensor, step: int, params: SamplingParams
+    scores: torch.Tensor, seeds: torch.Tensor, step: int, params: SamplingParams,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the next token of each row from processed logits; returns (tokens, logprobs, entropies).
 
     ``scores`` are the logits after logits processors. Greedy (T=0) takes the argmax and reports
     the temperature-1 distribution; otherwise temperature, top-k and top-p define ``q`` and the
-    token is ``argmax(log q + Gumbel noise(seed, step))``.
+    token is ``argmax(log q + Gumbel noise(seed, step))``. ``noise`` may pass that noise
+    precomputed (``[B, V]`` float64, e.g. from :func:`gumbel_noise_steps`).
     """
     scores = scores.float()
     if params.temperature == 0:
         logq = torch.log_softmax(scores, dim=-1)
         tokens = scores.argmax(dim=-1)
     else:
-        z = filter_top_p(filter_top_k(scores / params.temperature, params.top_k), params.top_p)
+        z = scores / params.temperature if params.temperature != 1 else scores  # x / 1.0 == x exactly
+        z = filter_top_p(filter_top_k(z, params.top_k), params.top_p)
         logq = torch.log_softmax(z, dim=-1)
-        g = gumbel_noise(seeds, step, z.size(-1)).to(z.device)
+        g = noise if noise is not None else gumbel_noise(seeds, step, z.size(-1)).to(z.device)
         tokens = (logq.double() + g).argmax(dim=-1)
     chosen = logq.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, chosen, _entropy(logq)
+
+
+def _decode_texts(tokenizer, seqs: list[list[int]]) -> list[str]:
+    """``tokenizer.batch_decode(seqs, skip_special_tokens=True)``; for a fast tokenizer without
+    clean-up this is exactly its Rust backend's ``decode_batch`` (what ``decode`` calls), which
+    skips the per-token Python conversion of ``batch_decode``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode_batch(seqs, skip_special_tokens=True)
+    return tokenizer.batch_decode(seqs, skip_special_tokens=True)
 
 
 def _list_column(values: Sequence[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
@@ -265,15 +297,24 @@ class HFRolloutEngine:
     holds prompts of similar length (little left padding), and whole prompts are packed into a
     batch so the ``n`` samples of a prompt share one when ``n <= batch_size``. Prompts are
     left-padded, positions come from the attention-mask cumsum (so padding does not shift RoPE
-    positions), the prompt is prefilled once into a ``DynamicCache`` and each later step feeds
-    one token per row. A row stops at EOS or ``max_new_tokens``; a finished row is fed the pad
-    id, and once a quarter of the rows are finished they are dropped from the batch and the
-    cache, so compute follows the rows still decoding.
+    positions), the prompt is prefilled once and each later step feeds one token per row. A row
+    stops at EOS or ``max_new_tokens``; a finished row is fed the pad id, and once a quarter of
+    the rows are finished they are dropped from the batch and the cache, so compute follows the
+    rows still decoding (``compactions`` counts these drops).
+
+    Forward pass: for architectures :mod:`entroflow.lean_lm` supports (Qwen2, Llama) and
+    ``lean=None`` (auto) or ``True``, decoding runs through :class:`entroflow.lean_lm.LeanLM` on
+    the model's own weights: a preallocated KV cache, each distinct prompt of the batch prefilled
+    once and its cache shared by its samples, and a few ops per layer and token (at small model
+    sizes the Hugging Face forward's per-call overhead dominates decoding). Otherwise (or with
+    ``lean=False``) it calls the Hugging Face model with a ``DynamicCache``. Both compute the same
+    distribution; tests check equal tokens and log-probs.
 
     The model is moved to ``device`` and put in eval mode (in place).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 256, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, batch_size: int = 256, device: str | torch.device = "cpu",
+                 lean: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -283,6 +324,10 @@ class HFRolloutEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_id = tokenizer.eos_token_id
         self.tokens_per_second = 0.0
+        self.compactions = 0
+        if lean and not lean_lm.supports(self.model):
+            raise ValueError(f"lean=True but entroflow.lean_lm does not support {type(self.model).__name__}")
+        self.lean = lean_lm.LeanLM(self.model) if lean is not False and lean_lm.supports(self.model) else None
 
     def _batches(self, lengths: list[int], n: int) -> list[list[tuple[int, int]]]:
         """Group (prompt index, sample index) rows into batches, prompts sorted by length."""
@@ -333,7 +378,7 @@ class HFRolloutEngine:
 
         keys = [(p, s) for p in range(len(prompts)) for s in range(params.n)]
         token_ids = [results[k][0] for k in keys]
-        texts = self.tokenizer.batch_decode([t.tolist() for t in token_ids], skip_special_tokens=True)
+        texts = _decode_texts(self.tokenizer, [t.tolist() for t in token_ids])
         n_rows = len(keys)
         n_generated = sum(len(t) for t in token_ids)
         columns = {
@@ -376,65 +421,95 @@ class HFRolloutEngine:
         L = max(len(t) for t in prompt_tokens)
         T = params.max_new_tokens
         # Prompt + generated tokens, left padded; processors see the prefix ``ids[:, :L + t]``.
-        ids = torch.full((B, L + T), self.pad_id, dtype=torch.long, device=dev)
-        attn = torch.zeros((B, L + T), dtype=torch.long, device=dev)
+        ids = torch.full((B, L + T), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, L + T), dtype=torch.long)
         for i, t in enumerate(prompt_tokens):
-            ids[i, L - len(t) : L] = torch.tensor(t, dtype=torch.long, device=dev)
+            ids[i, L - len(t) : L] = torch.tensor(t, dtype=torch.long)
             attn[i, L - len(t) : L] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
         seed_t = torch.tensor(seeds, dtype=torch.int64, device=dev)
         pos = (attn[:, :L].cumsum(-1) - 1).clamp(min=0)
         next_pos = pos[:, -1] + 1
 
         # Per-row outputs live in buffers indexed by the row's original index, so dropping
         # finished rows from the working batch only changes ``alive`` (working -> original row).
-        tok_buf = torch.full((B, T), self.pad_id, dtype=torch.long)
-        lp_buf = torch.zeros((B, T), dtype=torch.float32)
-        ent_buf = torch.zeros((B, T), dtype=torch.float32)
-        n_gen = torch.zeros(B, dtype=torch.long)
-        stopped = torch.zeros(B, dtype=torch.bool)
-        alive = torch.arange(B)
+        # A finished row is fed (and records) the pad id; its length is read off the buffer at
+        # the end (up to and including its first EOS).
+        tok_buf = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
+        lp_buf = torch.zeros((B, T), dtype=torch.float32, device=dev)
+        ent_buf = torch.zeros((B, T), dtype=torch.float32, device=dev)
+        alive = torch.arange(B, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)  # per working row
+        stop = params.stop_on_eos and self.eos_id is not None
 
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids[:, :L], attn[:, :L], pos, cache)
+        if self.lean is not None:
+            # Each distinct prompt is prefilled once; its samples share (copies of) its cache.
+            uniq: dict[tuple, int] = {}
+            first, inv = [], []
+            for i, t in enumerate(prompt_tokens):
+                if tuple(t) not in uniq:
+                    uniq[tuple(t)] = len(first)
+                    first.append(i)
+                inv.append(uniq[tuple(t)])
+            first, inv = torch.tensor(first, device=dev), torch.tensor(inv, device=dev)
+            logits, state = self.lean.start(ids[first, :L], attn[first, :L], pos[first], T)
+            if len(first) < B:
+                lean_lm.LeanLM.select_rows(state, inv)
+                logits = logits[inv]
+        else:
+            cache = DynamicCache(config=self.model.config)
+            logits = self._forward(ids[:, :L], attn[:, :L], pos, cache)
+        # All steps' Gumbel noise in one batched computation when it is small (it is a pure
+        # function of (seed, step, v), so precomputing it changes no sample).
+        V = logits.shape[-1]
+        noise = (gumbel_noise_steps(seed_t, T, V) if params.temperature > 0 and B * T * V <= _NOISE_BUDGET
+                 else None)
+        steps = 0
         for step in range(T):
             scores = logits.float()
-            prefix = ids[:, : L + step]
             for proc in processors:
-                scores = proc(prefix, scores)
-            tokens, lp, ent = select_tokens(scores, seed_t, step, params)
-            tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens)
-            active = ~done
-            a_cpu = active.cpu()
-            rows = alive[a_cpu]
-            tok_buf[rows, step] = tokens[active].cpu()
-            lp_buf[rows, step] = lp[active].float().cpu()
-            ent_buf[rows, step] = ent[active].float().cpu()
-            n_gen[rows] += 1
-            if params.stop_on_eos and self.eos_id is not None:
-                hit = active & (tokens == self.eos_id)
-                stopped[alive[hit.cpu()]] = True
-                done = done | hit
-            if bool(done.all()) or step == T - 1:
+                scores = proc(ids[:, : L + step], scores)
+            tokens, lp, ent = select_tokens(scores, seed_t, step, params,
+                                            noise=noise[:, step] if noise is not None else None)
+            tokens = tokens.masked_fill(done, self.pad_id)
+            tok_buf[alive, step] = tokens
+            lp_buf[alive, step] = lp.float()
+            ent_buf[alive, step] = ent.float()
+            steps = step + 1
+            if stop:
+                done = done | (tokens == self.eos_id)
+            n_done = int(done.sum())
+            if n_done == done.numel() or step == T - 1:
                 break
             ids[:, L + step] = tokens
             attn[:, L + step] = 1
-            if int(done.sum()) * 4 >= done.numel():
+            if n_done * 4 >= done.numel():
                 keep = (~done).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
+                if self.lean is not None:
+                    lean_lm.LeanLM.select_rows(state, keep)
+                else:
+                    cache.batch_select_indices(keep)
+                self.compactions += 1
                 ids, attn, next_pos, seed_t = ids[keep], attn[keep], next_pos[keep], seed_t[keep]
-                tokens, alive = tokens[keep], alive[keep.cpu()]
-                done = done[keep]
-            logits = self._forward(tokens[:, None], attn[:, : L + step + 1], next_pos[:, None], cache)
+                noise = noise[keep] if noise is not None else None
+                tokens, alive, done = tokens[keep], alive[keep], done[keep]
+            if self.lean is not None:
+                logits = self.lean.step(state, tokens, next_pos)
+            else:
+                logits = self._forward(tokens[:, None], attn[:, : L + step + 1], next_pos[:, None], cache)
             next_pos = next_pos + 1
 
-        out = []
-        for i in range(B):
-            k = int(n_gen[i])
-            out.append((
-                tok_buf[i, :k].numpy().astype(np.int32),
-                lp_buf[i, :k].numpy(),
-                ent_buf[i, :k].numpy(),
-                "stop" if bool(stopped[i]) else "length",
-            ))
-        return out
+        tok_np = tok_buf[:, :steps].cpu().numpy()
+        lp_np, ent_np = lp_buf[:, :steps].cpu().numpy(), ent_buf[:, :steps].cpu().numpy()
+        if stop:
+            is_eos = tok_np == self.eos_id
+            stopped = is_eos.any(axis=1)
+            n_gen = np.where(stopped, is_eos.argmax(axis=1) + 1, steps)
+        else:
+            stopped = np.zeros(B, dtype=bool)
+            n_gen = np.full(B, steps)
+        return [
+            (tok_np[i, : n_gen[i]].astype(np.int32), lp_np[i, : n_gen[i]].copy(), ent_np[i, : n_gen[i]].copy(),
+             "stop" if stopped[i] else "length")
+            for i in range(B)
+        ]

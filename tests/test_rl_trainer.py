@@ -7,6 +7,7 @@ Qwen2 (hidden 64) pretrained for a few seconds so that it answers in the ``...#<
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -63,28 +64,124 @@ def state_max_diff(a, b) -> float:
 # ------------------------------------------------------------------------------- log-probs
 
 
-def test_rollout_and_trainer_logprobs_agree(world, model):
+@pytest.mark.parametrize("lean", [None, False], ids=["lean", "hf"])
+def test_rollout_and_trainer_logprobs_agree(world, model, lean):
     """The trainer's no-grad recomputation of old log-probs (left-padded prompts, right-padded
-    completions, positions from the attention mask) reproduces the rollout engine's per-token
-    log-probs to 1e-4 for a batch mixing prompts of different token lengths and completions of
-    different lengths, split into micro-batches that cut across groups."""
+    completions, positions from the attention mask; or the lean packed forward) reproduces the
+    rollout engine's per-token log-probs and entropies to 1e-4 for a batch mixing prompts of
+    different token lengths and completions of different lengths, split into micro-batches that
+    cut across groups. GRPO's reference model (KL 0.04) equals the policy before any update.
+    The gap is what the step logs as logp_gap_max: measured by collect() when it runs the
+    old-log-prob forward, and on the first mini-batch's update forward when it does not (fp32)."""
     cfg = make_cfg("grpo", micro_batch_size=5)
-    tr = RLTrainer(model, world["tok"], cfg, world["prompts"])
+    tr = RLTrainer(model, world["tok"], cfg, world["prompts"], lean=lean)
+    assert (tr.lean is None) == (lean is False) and (tr.engine.lean is None) == (lean is False)
     b = tr._rollout(0, 0, group_offset=0)
     assert len(b) == cfg.prompts_per_step * cfg.group_size
     assert len({len(p) for p in b.prompt_tokens}) > 1, "batch must mix prompt lengths (left padding)"
     assert len({len(t) for t in b.tokens}) > 1, "batch must mix completion lengths (right padding)"
     logps, ents, refs = tr._old_logprobs(b)
-    assert refs is None  # no KL in grpo -> no reference model
-    worst = 0.0
-    for lp, en, toks, roll in zip(logps, ents, b.tokens, b.rollout_logprobs):
-        assert lp.shape == en.shape == (len(toks),)
+    assert cfg.kl_coef == 0.04 and refs is not None  # published GRPO: KL to a frozen reference
+    worst = worst_ent = 0.0
+    for lp, en, ref, toks, roll, roll_en in zip(logps, ents, refs, b.tokens, b.rollout_logprobs,
+                                                b.rollout_entropies):
+        assert lp.shape == en.shape == ref.shape == (len(toks),)
         assert torch.isfinite(lp).all() and (lp <= 0).all() and (en >= 0).all()
+        assert torch.allclose(ref, lp, atol=1e-6)
         worst = max(worst, float((lp - torch.from_numpy(roll)).abs().max()))
+        worst_ent = max(worst_ent, float((en - torch.from_numpy(roll_en)).abs().max()))
     assert worst < 1e-4, f"trainer/rollout log-prob gap {worst}"
-    # The same quantity is what collect() logs as logp_gap_max.
-    _, _, stats, *_ = tr.collect(0)
-    assert stats["logp_gap_max"] < 1e-4
+    assert worst_ent < 1e-4, f"trainer/rollout entropy gap {worst_ent}"
+    # The same quantity is what collect() logs as logp_gap_max when it runs the forward ...
+    always = RLTrainer(copy.deepcopy(world["model"]), world["tok"], make_cfg("grpo", old_logprob_forward="always"),
+                       world["prompts"], lean=lean)
+    _, _, stats, *_ = always.collect(0)
+    assert stats["old_logprob_forward"] == 1.0 and 0 < stats["logp_gap_max"] < 1e-4
+    # ... and what the update measures on its first mini-batch when the forward is skipped.
+    s = tr.train_step()
+    assert s["old_logprob_forward"] == 0.0 and 0 < s["logp_gap_max"] < 1e-4
+
+
+def test_engine_logprobs_replace_the_old_logprob_forward_exactly_when_valid(world, model):
+    """In fp32, sampling from the full distribution (any temperature > 0, top-p 1), the engine's
+    log-probs and entropies are pi_old's, so collect() skips the no-grad forward: the old
+    log-probs and entropies then agree with the forward's to 1e-5 for every sequence (they are
+    used for every mini-batch and epoch, all of which follow the rollout), and the first
+    mini-batch's loss and gradient agree with those computed from the forward's log-probs.
+    bf16, top-p < 1 and old_logprob_forward='always' keep the forward."""
+    base = world["model"]
+    over = dict(temperature=0.8, mini_batch_size=64, micro_batch_size=16, lr=1e-4)
+    runs = {}
+    for mode in ("auto", "always"):
+        tr = RLTrainer(copy.deepcopy(base), world["tok"], make_cfg("dapo", old_logprob_forward=mode, **over),
+                       world["prompts"])
+        grads = []
+        tr.opt.register_step_pre_hook(lambda opt, a, k: grads.append([p.grad.clone() for p in tr.model.parameters()]))
+        b, rewards, stats, old_lp, ents, _ = tr.collect(0)
+        adv = obj.group_advantages(rewards, torch.tensor(b.group))
+        up = tr.update(b, adv, old_lp, None, measure_gap=mode == "auto")
+        runs[mode] = (b, old_lp, ents, stats, up, grads[0])
+    (ba, lpa, ena, sa, ua, ga), (bb, lpb, enb, sb, ub, gb) = runs["auto"], runs["always"]
+    assert sa["old_logprob_forward"] == 0.0 and sb["old_logprob_forward"] == 1.0
+    assert ba.tokens == bb.tokens and len(ba) > 0
+    assert len(lpa) == len(lpb) == len(ena) == len(enb) == len(ba)
+    assert float((torch.cat(lpa) - torch.cat(lpb)).abs().max()) < 1e-5
+    assert float((torch.cat(ena) - torch.cat(enb)).abs().max()) < 1e-5
+    assert ua["loss"] == pytest.approx(ub["loss"], abs=1e-6)
+    for x, y in zip(ga, gb):
+        assert float((x - y).abs().max()) <= 1e-4 * max(1e-3, float(y.abs().max()))
+    assert 0 < ua["logp_gap_max"] < 1e-4
+
+    for over2 in ({"dtype": "bf16"}, {"top_p": 0.9}, {"old_logprob_forward": "always"}):
+        tr = RLTrainer(copy.deepcopy(base), world["tok"], make_cfg("dapo", **over2), world["prompts"])
+        assert not tr._engine_logprobs_are_old(), over2
+    assert RLTrainer(copy.deepcopy(base), world["tok"], make_cfg("dapo", temperature=1.3),
+                     world["prompts"])._engine_logprobs_are_old()
+
+
+def test_dual_clip_setting_reaches_the_loss(world, model):
+    """clip_ratio_c (verl's dual clip, default 3) is applied by the trainer: one sequence with
+    advantage -1 whose old log-probs are ln(10) below the current ones (ratio 10 on every token)
+    has per-token loss -min(r A, clip(r) A) = -min(-10, -1.28) = 10 without dual clip and
+    min(10, c |A|) = 3 with c = 3 (token mean, so the loss is exactly that), and then no gradient
+    (the capped loss is constant); c = 0 or None switch it off; c must be > 1."""
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        make_cfg("dapo", clip_ratio_c=1.0)
+    assert make_cfg("dapo").clip_ratio_c == 3.0
+    results = {}
+    for c in (3.0, 0, None):
+        tr = RLTrainer(copy.deepcopy(world["model"]), world["tok"], make_cfg("dapo", clip_ratio_c=c, lr=1e-3),
+                       world["prompts"])
+        b = tr._rollout(0, 0, group_offset=0)
+        i = max(range(len(b)), key=lambda j: len(b.tokens[j]))
+        one = b.select([i])
+        cur, _, _ = tr._old_logprobs(one)
+        old = [cur[0] - math.log(10.0)]
+        results[c] = tr.update(one, torch.tensor([-1.0]), old, None)
+    assert results[3.0]["loss"] == pytest.approx(3.0, abs=1e-5)
+    assert results[3.0]["dual_clip_frac"] == pytest.approx(1.0)
+    assert results[3.0]["grad_norm"] == 0.0
+    for c in (0, None):
+        assert results[c]["loss"] == pytest.approx(10.0, rel=1e-5)
+        assert results[c]["dual_clip_frac"] == 0.0 and results[c]["grad_norm"] > 0
+
+
+def test_prompt_schedule(world, model):
+    """Without a group filter step k trains on batch k of the seeded permutation (consecutive,
+    nothing skipped); with dynamic sampling step k owns a block of max_gen_rounds batches, one
+    per round."""
+    P = SHARED["prompts_per_step"]
+    tr = RLTrainer(model, world["tok"], make_cfg("empo"), world["prompts"])
+    perm = [world["prompts"][i]["id"] for i in tr.order]
+    for k in range(4):
+        assert [p["id"] for p in tr._prompts_for(k, 0)] == perm[k * P:(k + 1) * P]
+    dapo = RLTrainer(model, world["tok"], make_cfg("dapo", max_gen_rounds=3), world["prompts"])
+    assert dapo.order == tr.order
+    for k in range(2):
+        for r in range(3):
+            assert [p["id"] for p in dapo._prompts_for(k, r)] == perm[(3 * k + r) * P:(3 * k + r + 1) * P]
+    n = len(perm)  # wraps around at the end of the permutation
+    assert [p["id"] for p in tr._prompts_for(n // P + 1, 0)][0] == perm[((n // P + 1) * P) % n]
 
 
 # ------------------------------------------------------------------------------- learning

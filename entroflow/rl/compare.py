@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from entroflow.rl.settings import LABEL_FREE, METHOD_PRESETS, TrainConfig  # noqa: E402
+
 BASE, BASE_EM_INF = "base", "base+em_inf"
 METRICS = ("greedy_acc", "sampled_acc", "maj_acc", "pass_acc", "mean_token_entropy", "mean_length",
            "self_consistency_gain")
@@ -158,8 +160,53 @@ def claims(summary: dict, training: dict, methods: list[str]) -> list[dict]:
     return out
 
 
+_AGG_NAMES = {"token-mean": "token mean over the mini-batch", "seq-mean-token-mean": "per-sequence token mean",
+              "seq-mean-token-sum": "per-sequence token sum", "seq-mean-token-sum-norm": "token sum / (B * L_max)"}
+
+
+def method_settings(methods: list[str], shared: dict | None = None,
+                    per_method: dict[str, dict] | None = None) -> dict[str, dict]:
+    """The settings that define each method as it was trained: shared config, then the method's
+    preset, then its overrides (:meth:`TrainConfig.for_method`); with no config, the presets
+    over the defaults."""
+    return {m: TrainConfig.for_method(m, dict(shared or {}), (per_method or {}).get(m)).to_dict()
+            for m in methods if m in METHOD_PRESETS}
+
+
+def method_table(settings: dict[str, dict]) -> list[str]:
+    """Markdown lines of the "What each method is" table: what makes GRPO GRPO and DAPO DAPO."""
+    lines = ["## What each method is", "",
+             "| method | reward | labels | advantage | clip ε low / high | dual clip c | loss aggregation | KL coef "
+             "| dynamic sampling | overlong penalty |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m, c in settings.items():
+        if c.get("objective") == "entropy":
+            lines.append(f"| {m} | none: minimises its own token entropy | no | – | – | – | token mean | – | no "
+                         f"| no |")
+            continue
+        dyn = f"yes, up to {c['max_gen_rounds']} rounds" if c["dynamic_sampling"] else "no"
+        if c.get("empo_filter"):
+            dyn += f"; EMPO band p_max >= {c['empo_low']:g}"
+        over = f"yes (last {c['overlong_cache']} tokens)" if c["overlong"] else "no"
+        dual = f"{c['clip_ratio_c']:g}" if c.get("clip_ratio_c") else "off"
+        adv = ("RLOO" if c["advantage"] == "rloo" else
+               "group-normalised" if c["scale_by_std"] else "group mean-centred")
+        lines.append(f"| {m} | {c['reward']} | {'no' if c['reward'] in LABEL_FREE else 'yes'} | {adv} | "
+                     f"{c['eps_low']:g} / {c['eps_high']:g} | {dual} | {_AGG_NAMES[c['loss_agg']]} | "
+                     f"{c['kl_coef']:g} | {dyn} | {over} |")
+    lines += ["", "The settings each method was trained with. As published, GRPO (DeepSeekMath) has a symmetric "
+                  "clip, a per-sequence token mean and a k3 KL to the frozen base model with β = 0.04; DAPO drops "
+                  "the KL and changes three things: Clip-Higher (ε_high 0.28), a token-level loss over the whole "
+                  "mini-batch, and dynamic sampling (groups whose rewards are all equal are dropped and refilled), "
+                  "plus the soft overlong penalty. The dual clip (verl's clip_ratio_c) caps the loss of a "
+                  "negative-advantage token at c·|A|.", ""]
+    return lines
+
+
 def render(summary: dict, training: dict, claim_rows: list[dict], models: list[str], kmax: int, n_seeds: int,
-           base_sc_gain: tuple[float, float, int] | None) -> str:
+           base_sc_gain: tuple[float, float, int] | None, settings: dict[str, dict] | None = None) -> str:
+    """comparison.md. ``settings`` (:func:`method_settings` of the run's config) fills the "What
+    each method is" table; without it the table shows the presets over the default settings."""
     lines = ["# Reasoning RL: methods side by side", "",
              f"Held-out test split; greedy pass@1, sampled (T=1) accuracy as avg@{kmax}, majority-of-{kmax} "
              f"and pass@{kmax}. Mean ± standard deviation over {n_seeds} seed(s) of RL training and "
@@ -174,7 +221,9 @@ def render(summary: dict, training: dict, claim_rows: list[dict], models: list[s
         lines.append(f"| {m} | {_fmt(*s['greedy_acc'])} | {_fmt(*s['sampled_acc'])} | {_fmt(*s['maj_acc'])} | "
                      f"{_fmt(*s['pass_acc'])} | {_fmt(*s['mean_token_entropy'], pct=False)} | "
                      f"{_fmt(*s['mean_length'], pct=False)} |")
-    lines += ["", "## Claims of the seed papers at this scale", "", "| claim | holds here? | numbers |", "|---|---|---|"]
+    methods = [m for m in models if m in METHOD_PRESETS]
+    lines += [""] + method_table(settings if settings is not None else method_settings(methods))
+    lines += ["## Claims of the seed papers at this scale", "", "| claim | holds here? | numbers |", "|---|---|---|"]
     for c in claim_rows:
         lines.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |")
     if base_sc_gain is not None:

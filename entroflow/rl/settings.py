@@ -9,11 +9,16 @@ from dataclasses import dataclass
 # Loss aggregations of rl.md §1.3, implemented in entroflow.rl.objectives.aggregate_tokens.
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
-# What makes each method that method; shared hyperparameters come from the config.
+# What makes each method that method; shared hyperparameters come from the config (a per-method
+# override in the config can still change any of these, e.g. `grpo: {kl_coef: 0}` for the TRL
+# default). Every policy-gradient method also gets verl's dual clip (TrainConfig.clip_ratio_c = 3).
 METHOD_PRESETS: dict[str, dict] = {
-    # Original GRPO: symmetric clip, per-sequence token mean, group-normalised correctness reward.
+    # GRPO as published (DeepSeekMath, Shao et al. 2024, Eq. 3): symmetric clip 0.2, per-sequence
+    # token mean, group-normalised correctness reward and beta * KL(pi || pi_ref) with the k3
+    # estimator, beta = 0.04 (the paper's value and TRL 0.14's default; TRL's default is now 0).
+    # The KL needs a frozen reference model: one more no-grad forward per step.
     "grpo": {"reward": "correct", "advantage": "grpo", "eps_low": 0.2, "eps_high": 0.2,
-             "loss_agg": "seq-mean-token-mean", "dynamic_sampling": False, "overlong": False},
+             "loss_agg": "seq-mean-token-mean", "dynamic_sampling": False, "overlong": False, "kl_coef": 0.04},
     # DAPO: Clip-Higher, dynamic sampling, token-level loss, soft overlong punishment.
     "dapo": {"reward": "correct", "advantage": "grpo", "eps_low": 0.2, "eps_high": 0.28,
              "loss_agg": "token-mean", "dynamic_sampling": True, "overlong": True, "kl_coef": 0.0},
@@ -48,6 +53,9 @@ class TrainConfig:
     micro_batch_size: int = 64
     eps_low: float = 0.2
     eps_high: float = 0.2
+    # verl's dual clip: the per-token loss of a negative-advantage token is capped at c * |A|, so a
+    # token whose ratio exploded cannot dominate (verl default 3.0); None or 0 switch it off.
+    clip_ratio_c: float | None = 3.0
     loss_agg: str = "token-mean"
     advantage: str = "grpo"  # grpo | rloo
     scale_by_std: bool = True
@@ -71,6 +79,10 @@ class TrainConfig:
     dtype: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
     device: str = "cpu"
     rollout_batch_size: int = 512
+    # "auto": take the rollout engine's log-probs as pi_old where they provably equal the no-grad
+    # trainer forward's (fp32, full tempered distribution; see RLTrainer._engine_logprobs_are_old)
+    # and skip that forward; "always": run it every step.
+    old_logprob_forward: str = "auto"
     seed: int = 0
 
     @classmethod
@@ -98,6 +110,12 @@ class TrainConfig:
             raise ValueError(f"unknown advantage '{self.advantage}'")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype must be fp32 or bf16, got '{self.dtype}'")
+        if self.clip_ratio_c is not None and self.clip_ratio_c != 0 and not self.clip_ratio_c > 1:
+            raise ValueError(f"clip_ratio_c (dual clip) must be > 1, or 0/None to disable it; got {self.clip_ratio_c}")
+        if self.old_logprob_forward not in ("auto", "always"):
+            raise ValueError(f"old_logprob_forward must be 'auto' or 'always', got '{self.old_logprob_forward}'")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.overlong and not 0 < self.overlong_cache <= self.max_new_tokens:
             raise ValueError("overlong_cache must be in (0, max_new_tokens]")
         for name in ("steps", "prompts_per_step", "group_size", "mini_batch_size", "micro_batch_size",

@@ -3,13 +3,25 @@
 Every method is the same loop with different pieces switched on (see :data:`entroflow.rl.settings.METHOD_PRESETS`);
 the math lives in :mod:`entroflow.rl.objectives`. One step ``k``:
 
-1. **prompts**: batch ``k`` of a seeded permutation of the training prompts, so the data order
-   is a function of (seed, step) and a resumed run sees exactly the prompts it would have seen;
+1. **prompts**: a seeded permutation of the training prompts is read in consecutive slices of
+   ``prompts_per_step``, so the data order is a function of (seed, step) and a resumed run sees
+   exactly the prompts it would have seen (:meth:`RLTrainer._prompts_for`: batch ``k`` without a
+   filter; with dynamic sampling or EMPO's filter, block ``k`` of ``max_gen_rounds`` batches, one
+   per generation round);
 2. **rollout**: ``G`` samples per prompt from the current policy through the spine's rollout
    engine, seeded per (step, round, prompt, sample);
-3. **old log-probs**: one no-grad trainer forward over every sequence *before* any update
-   (as verl does), so the first mini-batch has ratio exactly 1; the gap to the engine's own
-   log-probs is logged as ``logp_gap`` (a rollout/trainer misalignment shows up there first);
+3. **old log-probs** ``pi_old``: the log-probs of the policy that sampled, before any update.
+   Where the engine's recorded log-probs provably *are* those (fp32, the engine runs on the
+   trainer's own weights, sampling from the full tempered distribution: temperature > 0, top-p 1,
+   top-k off, no logits processors; :meth:`RLTrainer._engine_logprobs_are_old`) they are used
+   as they are, and the no-grad forward is skipped (as TRL does when generation and optimisation
+   are aligned); the gap between them and the trainer's own log-probs is then measured on the
+   first mini-batch's update forward, which computes the same log-probs before any optimizer
+   step. Otherwise (bf16, top-p < 1, ``old_logprob_forward="always"``) one no-grad trainer
+   forward over every sequence *before* any update gives them (as verl does; ratio exactly 1 on
+   the first mini-batch), and the gap is measured there. Either way it is logged as
+   ``logp_gap_*`` (a rollout/trainer misalignment shows up there first). The reference model's
+   log-probs for the KL term come from one no-grad pass at the same point;
 4. **reward**: correctness (+1/-1, DAPO Eq. 7), EMPO cluster probability (no labels), EM-RL
    sequence log-prob or negative token entropy, or a trivial token-frequency reward used to
    prove the trainer; plus DAPO's soft overlong penalty when on;
@@ -20,8 +32,14 @@ the math lives in :mod:`entroflow.rl.objectives`. One step ``k``:
 6. **advantage**: group-normalised (GRPO/DAPO/EMPO), Dr.GRPO (no std) or RLOO (EM-RL);
 7. **update**: ``ppo_epochs`` passes over shuffled mini-batches; each mini-batch is one AdamW
    step, accumulated over micro-batches with the mini-batch's *global* token (or sequence)
-   count as normaliser, so the gradient does not depend on the micro-batch split. EM-FT
-   replaces the policy loss by the token entropy of the sampled outputs.
+   count as normaliser, so the gradient does not depend on the micro-batch split. The policy
+   loss has verl's dual clip (``clip_ratio_c``) on by default. EM-FT replaces the policy loss by
+   the token entropy of the sampled outputs.
+
+Forward passes (update, old and reference log-probs) go through :class:`entroflow.lean_lm.LeanLM`
+when it supports the architecture: the same function as the Hugging Face forward on the same
+weights, but with every matmul on the distinct tokens only (no padding, and a prompt shared by
+the ``G`` samples of a group is computed once). The rollout engine uses it for decoding.
 
 Checkpoints (Hugging Face model + optimiser + RNG + history) are written atomically every
 ``checkpoint_every`` steps into a work dir that outlives a killed process; a new trainer on the
@@ -49,7 +67,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from entroflow import answers
+from entroflow import answers, lean_lm
 from entroflow.rl import objectives as obj
 from entroflow.rl.settings import TrainConfig
 from entroflow.rollout import HFRolloutEngine, SamplingParams
@@ -67,6 +85,7 @@ class Batch:
     tokens: list[list[int]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     rollout_logprobs: list[np.ndarray] = field(default_factory=list)
+    rollout_entropies: list[np.ndarray] = field(default_factory=list)
     finish: list[str] = field(default_factory=list)
     answer: list[str | None] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
@@ -83,18 +102,32 @@ class Batch:
             getattr(self, k).extend(getattr(other, k))
 
 
-def sequence_logits(model, prompt_tokens: list[list[int]], tokens: list[list[int]], pad_id: int):
-    """Logits that predict each completion token, ``[B, C, V]``, and the completion mask.
+def sequence_logits(model, prompt_tokens: list[list[int]], tokens: list[list[int]], pad_id: int,
+                    lean: lean_lm.LeanLM | None = None):
+    """Logits that predict each completion token, ``[B, C, V]`` float32, the completion tokens
+    ``[B, C]`` and the completion mask ``[B, C]`` (positions past a completion hold 0 logits and
+    ``pad_id``).
 
-    Layout: prompts left-padded to P, completions right-padded to C, so row ``b`` is
+    HF layout: prompts left-padded to P, completions right-padded to C, so row ``b`` is
     ``[pad.. prompt | completion ..pad]`` and the logits at positions ``P-1 .. P+C-2`` predict
     completion tokens ``0 .. C-1``. Position ids come from the attention-mask cumsum, exactly as
     in the rollout engine, so left padding does not shift RoPE positions and the trainer's
-    log-probs match the sampler's.
+    log-probs match the sampler's. With ``lean`` (a :class:`entroflow.lean_lm.LeanLM` of
+    ``model``) the same logits come from its packed forward (no padding, shared prompts).
     """
     B = len(tokens)
-    P = max(len(p) for p in prompt_tokens)
     C = max(1, max(len(t) for t in tokens))
+    device = next(model.parameters()).device
+    if lean is not None:
+        pack = lean_lm.Packed(prompt_tokens, tokens, device)
+        lengths = torch.tensor([len(t) for t in tokens], device=device)
+        mask = torch.arange(C, device=device)[None, :] < lengths[:, None]
+        flat = lean.score(pack).float()  # [M, V], row-major over the mask's True entries
+        rows = mask.reshape(-1).nonzero().squeeze(-1)
+        logits = flat.new_zeros(B * C, flat.shape[-1]).index_copy(0, rows, flat).view(B, C, -1)
+        targets = torch.full((B * C,), pad_id, dtype=torch.long, device=device).index_copy(0, rows, pack.targets)
+        return logits, targets.view(B, C), mask
+    P = max(len(p) for p in prompt_tokens)
     ids = torch.full((B, P + C), pad_id, dtype=torch.long)
     attn = torch.zeros((B, P + C), dtype=torch.long)
     for b, (p, t) in enumerate(zip(prompt_tokens, tokens)):
@@ -104,7 +137,6 @@ def sequence_logits(model, prompt_tokens: list[list[int]], tokens: list[list[int
             ids[b, P:P + len(t)] = torch.tensor(t)
             attn[b, P:P + len(t)] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    device = next(model.parameters()).device
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
     logits = out.logits[:, P - 1:P + C - 1].float()
     mask = attn[:, P:P + C].bool().to(device)
@@ -121,7 +153,10 @@ class RLTrainer:
     the correctness reward, answer) with the method described by ``cfg``."""
 
     def __init__(self, model, tokenizer, cfg: TrainConfig, prompts: list[dict], work_dir: Path | None = None,
-                 eval_prompts: list[dict] | None = None, step_callback: Callable[[int, dict], None] | None = None):
+                 eval_prompts: list[dict] | None = None, step_callback: Callable[[int, dict], None] | None = None,
+                 lean: bool | None = None):
+        """``lean``: run forwards through :class:`entroflow.lean_lm.LeanLM` (None: wherever it
+        supports the model; False: always the Hugging Face forward)."""
         self.cfg, self.tok, self.prompts = cfg, tokenizer, prompts
         # A fixed random subset (the same for every method and seed): the test split is ordered
         # by difficulty level, so its head would be all easy problems.
@@ -130,10 +165,17 @@ class RLTrainer:
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
         self.pad_id = tokenizer.pad_token_id
-        self.engine = HFRolloutEngine(self.model, tokenizer, batch_size=cfg.rollout_batch_size, device=self.device)
+        use_lean = lean is not False and lean_lm.supports(self.model)
+        self.engine = HFRolloutEngine(self.model, tokenizer, batch_size=cfg.rollout_batch_size, device=self.device,
+                                      lean=use_lean)
+        self.lean = lean_lm.LeanLM(self.model) if use_lean else None
         self.ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
+        if self.ref_model is not None:
+            self.ref_model.requires_grad_(False)
+        self.ref_lean = lean_lm.LeanLM(self.ref_model) if use_lean and self.ref_model is not None else None
+        # The fused kernel (one op per parameter instead of ~10) computes the same update.
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"))
         self.work_dir = Path(work_dir) if work_dir else None
         self.step_callback = step_callback
         self.history: list[dict] = []
@@ -156,10 +198,48 @@ class RLTrainer:
 
     # ---------------------------------------------------------------- data and rollouts
     def _prompts_for(self, step: int, rnd: int) -> list[dict]:
-        """Deterministic prompts of (step, round): consecutive slices of the seeded permutation."""
-        n, P, R = len(self.order), self.cfg.prompts_per_step, self.cfg.max_gen_rounds
-        start = (step * R + rnd) * P
+        """Deterministic prompts of (step, round): consecutive slices of ``prompts_per_step`` (P)
+        prompts of the seeded permutation, wrapping around at its end.
+
+        Without a group filter a step has one round and takes batch ``k``: prompts
+        ``[k P, (k + 1) P)``, so consecutive steps read consecutive prompts and none is skipped.
+        With dynamic sampling or EMPO's band filter, step ``k`` owns the block of
+        ``R = max_gen_rounds`` batches ``[k R P, (k + 1) R P)`` and round ``r`` takes the ``r``-th
+        batch of it; the rounds a step does not need are skipped (its prompts are not trained on
+        in that pass over the data), which keeps the prompts of every (step, round) fixed whatever
+        earlier steps kept, so a resumed run sees the same data.
+        """
+        n, P = len(self.order), self.cfg.prompts_per_step
+        start = (step * self._rounds + rnd) * P
         return [self.prompts[self.order[(start + i) % n]] for i in range(P)]
+
+    @property
+    def _rounds(self) -> int:
+        """Generation rounds a step may use: ``max_gen_rounds`` with a group filter, else 1."""
+        return self.cfg.max_gen_rounds if self.cfg.dynamic_sampling or self.cfg.empo_filter else 1
+
+    def _engine_logprobs_are_old(self) -> bool:
+        """Whether the engine's recorded log-probs and entropies are exactly what the no-grad
+        old-log-prob forward would compute, so that forward is redundant.
+
+        The engine records ``log q(token)`` and ``H(q)`` of its sampling distribution ``q``
+        (entroflow.rollout). The forward computes ``log_softmax(z / T)`` and its entropy with
+        the trainer's weights. They are the same quantities when
+
+        * the engine runs the trainer's own model (same weights: sampling happens before any
+          update of the step, for every round, so this holds for every mini-batch and epoch);
+        * ``q`` is the full tempered distribution: ``T > 0`` (greedy records ``T = 1``
+          log-probs), top-p 1 and top-k off (the trainer never passes either, nor logits
+          processors) -- with truncation ``q`` is renormalised over the kept support and its
+          log-prob differs from the trainer's;
+        * fp32: in bf16 autocast the two forwards round differently (batch shapes differ), by
+          far more than fp32's ~1e-6, so the ratio would not start at 1.
+
+        ``old_logprob_forward="always"`` keeps the forward regardless.
+        """
+        cfg = self.cfg
+        return (cfg.old_logprob_forward == "auto" and cfg.dtype == "fp32" and cfg.temperature > 0
+                and cfg.top_p >= 1.0 and self.engine.model is self.model)
 
     def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the distribution the tokens were sampled from (verl divides by the rollout
@@ -181,13 +261,19 @@ class RLTrainer:
         with self._autocast():
             table = self.engine.generate([p["prompt"] for p in prompts], ids, params)
         by_id = {i: (g + group_offset, p) for g, (i, p) in enumerate(zip(ids, prompts))}
+        cols = {k: table.column(k) for k in ("prompt_id", "sample_idx", "prompt_token_ids", "token_ids", "text",
+                                             "finish_reason")}
+        cols = {k: v.to_pylist() for k, v in cols.items()}
+        lps, ens = _split_list_column(table.column("logprobs")), _split_list_column(table.column("entropies"))
         b = Batch()
-        for r in table.to_pylist():
-            g, p = by_id[r["prompt_id"]]
-            ans = answers.extract(r["text"], cfg.answer_format)
-            b.prompt_ids.append(p["id"]), b.group.append(g), b.sample_idx.append(r["sample_idx"])
-            b.prompt_tokens.append(r["prompt_token_ids"]), b.tokens.append(r["token_ids"]), b.text.append(r["text"])
-            b.rollout_logprobs.append(np.asarray(r["logprobs"], dtype=np.float32)), b.finish.append(r["finish_reason"])
+        for j in range(table.num_rows):
+            g, p = by_id[cols["prompt_id"][j]]
+            text = cols["text"][j]
+            ans = answers.extract(text, cfg.answer_format)
+            b.prompt_ids.append(p["id"]), b.group.append(g), b.sample_idx.append(cols["sample_idx"][j])
+            b.prompt_tokens.append(cols["prompt_token_ids"][j]), b.tokens.append(cols["token_ids"][j])
+            b.text.append(text), b.finish.append(cols["finish_reason"][j])
+            b.rollout_logprobs.append(lps[j]), b.rollout_entropies.append(ens[j])
             b.answer.append(ans)
             # Correctness is computed for every method as a diagnostic; only the `correct`
             # reward reads it (label-free methods never see it: see _rewards).
@@ -197,26 +283,34 @@ class RLTrainer:
 
     @torch.no_grad()
     def _old_logprobs(self, b: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
-        """Per-sequence token log-probs and entropies of the current policy (and the reference)."""
-        logps, ents, refs = [], [], [] if self.ref_model is not None else None
-        self.model.eval()
-        mb = self.cfg.micro_batch_size
-        for i in range(0, len(b), mb):
-            sl = slice(i, i + mb)
+        """Per-sequence token log-probs and entropies of the current policy (and the reference's
+        log-probs), from one no-grad forward per micro-batch."""
+        logps, ents = [], []
+        if self.lean is None:
+            self.model.eval()
+        for i in range(0, len(b), self.cfg.micro_batch_size):
+            sl = slice(i, i + self.cfg.micro_batch_size)
             with self._autocast():
-                logits, targets, mask = sequence_logits(self.model, b.prompt_tokens[sl], b.tokens[sl], self.pad_id)
+                logits, targets, mask = sequence_logits(self.model, b.prompt_tokens[sl], b.tokens[sl], self.pad_id,
+                                                        self.lean)
             logits = self._tempered(logits)
-            lp, en = obj.token_logprobs(logits, targets), obj.token_entropy(logits)
-            if refs is not None:
-                with self._autocast():
-                    rl, rt, _ = sequence_logits(self.ref_model, b.prompt_tokens[sl], b.tokens[sl], self.pad_id)
-                rlp = obj.token_logprobs(self._tempered(rl), rt)
-            for j in range(len(b.tokens[sl])):
-                n = int(mask[j].sum())
-                logps.append(lp[j, :n].cpu()), ents.append(en[j, :n].cpu())
-                if refs is not None:
-                    refs.append(rlp[j, :n].cpu())
-        return logps, ents, refs
+            logps += _unpad(obj.token_logprobs(logits, targets), mask)
+            ents += _unpad(obj.token_entropy(logits), mask)
+        return logps, ents, self._ref_logprobs(b)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, b: Batch) -> list[torch.Tensor] | None:
+        """Per-sequence token log-probs of the frozen reference model (None without KL)."""
+        if self.ref_model is None:
+            return None
+        refs = []
+        for i in range(0, len(b), self.cfg.micro_batch_size):
+            sl = slice(i, i + self.cfg.micro_batch_size)
+            with self._autocast():
+                logits, targets, mask = sequence_logits(self.ref_model, b.prompt_tokens[sl], b.tokens[sl],
+                                                        self.pad_id, self.ref_lean)
+            refs += _unpad(obj.token_logprobs(self._tempered(logits), targets), mask)
+        return refs
 
     def _rewards(self, b: Batch, logps, ents) -> tuple[torch.Tensor, dict]:
         """Scalar reward per sequence. Only the `correct` reward reads labels (``b.correct``)."""
@@ -249,27 +343,36 @@ class RLTrainer:
         cfg = self.cfg
         kept = Batch()
         kept_r, kept_lp, kept_en, kept_ref = [], [], [], []
-        stats = {"gen_rounds": 0, "groups_seen": 0, "zero_std_groups": 0, "rollout_s": 0.0, "reward_s": 0.0,
-                 "sequences_generated": 0}
+        stats = {"gen_rounds": 0, "groups_seen": 0, "zero_std_groups": 0, "rollout_s": 0.0, "old_logprob_s": 0.0,
+                 "reward_s": 0.0, "sequences_generated": 0}
+        from_engine = self._engine_logprobs_are_old()
+        stats["old_logprob_forward"] = 0.0 if from_engine else 1.0
         sem, pmax, logp_gap, all_correct, all_rewards, overlong = [], [], [], [], [], []
         self.generated = []  # every round's sequences, kept or filtered, for the step's Parquet
-        for rnd in range(cfg.max_gen_rounds if cfg.dynamic_sampling or cfg.empo_filter else 1):
+        for rnd in range(self._rounds):
             t0 = time.perf_counter()
             b = self._rollout(step, rnd, group_offset=rnd * cfg.prompts_per_step)
             t1 = time.perf_counter()
-            lps, ens, refs = self._old_logprobs(b)
+            if from_engine:
+                lps = [torch.from_numpy(x) for x in b.rollout_logprobs]
+                ens = [torch.from_numpy(x) for x in b.rollout_entropies]
+                refs = self._ref_logprobs(b)
+            else:
+                lps, ens, refs = self._old_logprobs(b)
+                for i in range(len(b)):
+                    if len(lps[i]):
+                        logp_gap.append(float((lps[i] - torch.from_numpy(b.rollout_logprobs[i])).abs().max()))
+            t2 = time.perf_counter()
             r, info = self._rewards(b, lps, ens)
             stats["rollout_s"] += t1 - t0
-            stats["reward_s"] += time.perf_counter() - t1
+            stats["old_logprob_s"] += t2 - t1
+            stats["reward_s"] += time.perf_counter() - t2
             stats["gen_rounds"] += 1
             stats["sequences_generated"] += len(b)
             all_correct += b.correct
             all_rewards += r.tolist()
             if "overlong_penalty" in info:
                 overlong.append(info["overlong_penalty"])
-            for i in range(len(b)):
-                if len(lps[i]):
-                    logp_gap.append(float((lps[i] - torch.from_numpy(b.rollout_logprobs[i][: len(lps[i])])).abs().max()))
             gids = torch.tensor(b.group)
             informative = obj.keep_informative_groups(info["filter_metric"], gids)
             groups = sorted(set(b.group))
@@ -313,9 +416,10 @@ class RLTrainer:
             "response_clip_ratio": float(np.mean([f == "length" for f in kept.finish])) if len(kept) else 0.0,
             "token_entropy_mean": float(ent_all.mean()), "token_entropy_p10": q[0], "token_entropy_p50": q[1],
             "token_entropy_p90": q[2],
-            "logp_gap_max": max(logp_gap) if logp_gap else 0.0,
-            "logp_gap_mean": float(np.mean(logp_gap)) if logp_gap else 0.0,
         })
+        if not from_engine:  # else measured by update() on its first mini-batch
+            stats["logp_gap_max"] = max(logp_gap) if logp_gap else 0.0
+            stats["logp_gap_mean"] = float(np.mean(logp_gap)) if logp_gap else 0.0
         if overlong:
             stats["overlong_penalty"] = float(np.mean(overlong))
         if sem:
@@ -327,14 +431,25 @@ class RLTrainer:
         w = self.cfg.warmup_steps
         return self.cfg.lr * min(1.0, (step + 1) / w) if w > 0 else self.cfg.lr
 
-    def update(self, b: Batch, advantages: torch.Tensor, old_lp: list, refs: list | None) -> dict:
+    def update(self, b: Batch, advantages: torch.Tensor, old_lp: list, refs: list | None,
+               measure_gap: bool = False) -> dict:
+        """PPO epochs over shuffled mini-batches, one AdamW step each.
+
+        With ``measure_gap`` it also logs ``logp_gap_max``/``logp_gap_mean`` (per sequence, the
+        largest ``|trainer - engine|`` token log-prob difference; max and mean over sequences)
+        from the first mini-batch's forward, which runs before any optimizer step: the
+        rollout/trainer agreement check when no old-log-prob forward ran (collect() measures it
+        otherwise)."""
         cfg = self.cfg
-        self.model.train()
+        if self.lean is None:  # the lean forward has no dropout and ignores the mode (and HF's train() is slow)
+            self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = self._lr(self.step)
         n = len(b)
-        sums = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "kl_ref": 0.0,
-                "grad_norm": 0.0, "entropy_loss": 0.0}
+        keys = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl", "kl_ref")
+        sums = {"loss": 0.0, "grad_norm": 0.0, "entropy_loss": 0.0, **dict.fromkeys(keys, 0.0)}
+        dual_c = cfg.clip_ratio_c or None  # None or 0 switch the dual clip off
+        gaps: list[float] = []
         n_updates = 0
         for _ in range(cfg.ppo_epochs):
             order = list(range(n))
@@ -346,24 +461,29 @@ class RLTrainer:
                 if normalizer == 0:
                     continue
                 self.opt.zero_grad(set_to_none=True)
-                mb_loss, mb_stats = 0.0, {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0, "kl_ref": 0.0}
+                mb_loss, mb_stats = 0.0, dict.fromkeys(keys, 0.0)
                 for m in range(0, len(mb), cfg.micro_batch_size):
                     idx = mb[m:m + cfg.micro_batch_size]
                     with self._autocast():
                         logits, targets, mask = sequence_logits(self.model, [b.prompt_tokens[i] for i in idx],
-                                                                [b.tokens[i] for i in idx], self.pad_id)
+                                                                [b.tokens[i] for i in idx], self.pad_id, self.lean)
                     logits = self._tempered(logits)
                     frac = mask.sum().item() / max(1, n_tok)  # token share of this micro-batch, for stats
+                    logp = obj.token_logprobs(logits, targets)
+                    old = _pad([old_lp[i] for i in idx], mask.shape[1]).to(logp.device)
+                    if measure_gap and n_updates == 0:  # first mini-batch: no optimizer step yet
+                        eng = _pad([b.rollout_logprobs[i] for i in idx], mask.shape[1]).to(logp.device)
+                        d = torch.where(mask, (logp.detach() - eng).abs(), torch.zeros_like(eng)).amax(-1)
+                        gaps += d[mask.any(-1)].tolist()
                     if cfg.objective == "entropy":
                         loss = obj.entropy_loss(logits, mask, normalizer=float(n_tok))
                         mb_stats["entropy_loss"] = mb_stats.get("entropy_loss", 0.0) + loss.item()
                     else:
-                        logp = obj.token_logprobs(logits, targets)
-                        old = _pad([old_lp[i] for i in idx], mask.shape[1]).to(logp.device)
                         adv = advantages[idx].to(logp.device)
                         loss, st = obj.policy_loss(logp, old, adv, mask, cfg.eps_low, cfg.eps_high, cfg.loss_agg,
-                                                   normalizer=normalizer, max_len=cfg.max_new_tokens)
-                        for k in ("clip_frac_low", "clip_frac_high", "approx_kl"):
+                                                   normalizer=normalizer, dual_clip_c=dual_c,
+                                                   max_len=cfg.max_new_tokens)
+                        for k in ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl"):
                             mb_stats[k] += st[k] * frac
                         if refs is not None and cfg.kl_coef > 0:
                             ref = _pad([refs[i] for i in idx], mask.shape[1]).to(logp.device)
@@ -385,10 +505,14 @@ class RLTrainer:
                 sums["grad_norm"] += float(gn)
                 for k, v in mb_stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-        self.model.eval()
+        if self.lean is None:
+            self.model.eval()
         out = {k: v / max(1, n_updates) for k, v in sums.items()}
         out["updates"] = n_updates
         out["lr"] = self._lr(self.step)
+        if measure_gap:
+            out["logp_gap_max"] = max(gaps) if gaps else 0.0
+            out["logp_gap_mean"] = float(np.mean(gaps)) if gaps else 0.0
         return out
 
     # ---------------------------------------------------------------- loop
@@ -405,7 +529,7 @@ class RLTrainer:
             else:
                 adv = obj.group_advantages(rewards, gids, scale_by_std=cfg.scale_by_std)
             t0 = time.perf_counter()
-            stats.update(self.update(b, adv, old_lp, refs))
+            stats.update(self.update(b, adv, old_lp, refs, measure_gap=stats["old_logprob_forward"] == 0.0))
             stats["update_s"] = time.perf_counter() - t0
         self._write_rollouts(k, adv)
         stats = {k2: v for k2, v in stats.items() if v is not None}
@@ -526,7 +650,23 @@ class RLTrainer:
 
 
 def _pad(seqs: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Right-pad 1-D float tensors with zeros to ``[len(seqs), width]`` float32."""
     out = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
+    if seqs:
+        lengths = torch.tensor([len(x) for x in seqs])
+        keep = torch.arange(width)[None, :] < lengths[:, None]
+        out[keep] = torch.cat([torch.as_tensor(x, dtype=torch.float32) for x in seqs])
     return out
+
+
+def _unpad(values: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Rows of ``values [B, C]`` cut to their mask, as CPU tensors (one split, not B copies)."""
+    return list(torch.split(values[mask].cpu(), mask.sum(-1).tolist()))
+
+
+def _split_list_column(col) -> list[np.ndarray]:
+    """A (chunked) Arrow list<float> column as one float32 numpy array per row, sharing one buffer."""
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    offsets = arr.offsets.to_numpy()
+    flat = np.array(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32)  # writable copy
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(arr))]
