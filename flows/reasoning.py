@@ -20,7 +20,8 @@ from tasks.generate_data import read_world
 from tasks.rollout import rollout
 from tasks.train_rl import train_rl
 
-KEY_HYPERPARAMETERS = ("reward", "advantage", "loss_agg", "eps_low", "eps_high", "kl_coef", "dynamic_sampling",
+KEY_HYPERPARAMETERS = ("reward", "advantage", "loss_agg", "eps_low", "eps_high", "clip_ratio_c", "kl_coef",
+                       "dynamic_sampling",
                        "lr", "steps", "prompts_per_step", "group_size", "max_new_tokens")
 
 

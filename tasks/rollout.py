@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from entroflow import model as model_lib
+from entroflow import lean_lm
 from entroflow import rollout as rollout_lib
 from entroflow.rl import em_inf as em_inf_lib
 from entroflow.progress import progress_bar
@@ -21,7 +22,7 @@ def eval_problems(data_dir: Path, split: str, n_prompts: int | None) -> pa.Table
     return table.slice(0, n_prompts) if n_prompts else table
 
 
-@stage("rollout", code=[rollout_lib, model_lib, em_inf_lib], main_table="rollouts.parquet", reads={"generate_data": EVAL_FILES})
+@stage("rollout", code=[rollout_lib, lean_lm, model_lib, em_inf_lib], main_table="rollouts.parquet", reads={"generate_data": EVAL_FILES})
 def rollout(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     rc, seed = config["rollout"], config["seed"]
     model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]))

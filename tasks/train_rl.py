@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from entroflow import lean_lm
 from entroflow import model as model_lib
+from entroflow import rollout as rollout_lib
 from entroflow.progress import note, progress_bar
 from entroflow.rl import objectives, settings
 from entroflow.rl import trainer as trainer_lib
@@ -27,7 +29,7 @@ def training_prompts(data_dir: Path, with_labels: bool) -> tuple[list[dict], lis
     return train, test
 
 
-@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib], reads={"generate_data": EVAL_FILES})
+@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib, rollout_lib, lean_lm], reads={"generate_data": EVAL_FILES})
 def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     cfg = settings.TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
     cfg.validate()
