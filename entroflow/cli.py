@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -180,33 +181,84 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 10
     (Console(width=max(console.width, 220)) if wide else console).print(t)
 
 
+def _experiment_id(name: str) -> str | None:
+    """The id of an active MLflow experiment in the workspace's SQLite DB, read without MLflow
+    (None when there is no such DB or experiment yet)."""
+    import sqlite3
+
+    uri = workspace.tracking_uri()
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not path.exists():
+        return None
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = con.execute("select experiment_id from experiments where name = ? and lifecycle_stage = 'active'",
+                          (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    return str(row[0]) if row else None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of this group still runs (zombies, dead and waiting to be reaped, do not count)."""
+    import psutil
+
+    for p in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGTERM the server's process group, give it ``grace`` seconds to exit, then SIGKILL
+    whatever is left of the group."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        proc.poll()  # reap the server itself as soon as it exits
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
-       host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1") -> None:
-    """Serve the MLflow UI on this workspace's runs (Ctrl-C stops it)."""
+       host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+       experiment: Annotated[str, typer.Option(help="MLflow experiment to link to.")] = "entroflow") -> None:
+    """Serve the MLflow UI on this workspace's runs (Ctrl-C or SIGTERM stops it)."""
     workspace.bootstrap()
+    # MLflow's job runner (8 processes) serves GenAI features (trace scoring, archival) that
+    # entroflow does not use; without it the server starts in half the time.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", workspace.tracking_uri(),
            "--default-artifact-root", workspace.mlflow_artifacts().as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]
-    console.print(f"MLflow UI for {workspace.home()} at http://{host}:{port}", highlight=False)
-    # The server runs in its own process group (mlflow spawns uvicorn workers), so that stopping
-    # this command, by Ctrl-C or SIGTERM, stops the whole group by its id and leaves nothing behind.
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    console.print(f"MLflow UI for {workspace.home()} at {base}", highlight=False)
+    exp_id = _experiment_id(experiment)
+    if exp_id is None:
+        console.print(f"no experiment '{experiment}' here yet (`entroflow run` creates it)", highlight=False)
+    else:  # the runs table itself: the UI's start page is its GenAI view (traces), empty here
+        runs = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        console.print(f"training runs of '{experiment}': {runs}", highlight=False)
+    # The server runs in its own process group (mlflow spawns uvicorn), so that stopping this
+    # command stops the whole group by its id and leaves nothing behind. SIGTERM raises
+    # KeyboardInterrupt like Ctrl-C: the group is stopped after proc.wait() is left, not inside
+    # the signal handler (a wait() there cannot reap the server while the interrupted one holds it).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def stop(signum=None, frame=None):
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        raise typer.Exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        stop()
+        _stop_group(proc)
+        code = 0
     raise typer.Exit(code)
 
 
@@ -236,6 +288,116 @@ def deploy(
         _fail(f"--cron {cron!r}: not a valid cron expression ({e})")
     pipeline.serve(name=name or cfg.name, schedules=[Cron(cron)],
                    parameters={"config_path": str(Path(config).resolve()), "overrides": set_ or [], "force": []})
+
+
+def _find_flow_run(client, ident: str, flow_name: str):
+    """The pipeline's flow run with this id (or name); exits with one line when there is none."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        found = [client.read_flow_run(UUID(ident))]
+    except ObjectNotFound:
+        found = []
+    except ValueError:  # not a UUID: a flow-run name such as "nano-finch"
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[ident])),
+                                      limit=10)
+    where = f"the Prefect DB of workspace {workspace.home()}"
+    if os.environ.get("PREFECT_API_URL"):
+        where = f"the Prefect server at {os.environ['PREFECT_API_URL']}"
+    if not found:
+        _fail(f"no flow run '{escape(ident)}' in {where} (`entroflow retry` lists the failed ones)", code=1)
+    if len(found) > 1:
+        ids = ", ".join(str(f.id) for f in found)
+        _fail(f"{len(found)} flow runs are named '{escape(ident)}': give its id ({ids})", code=1)
+    if client.read_flow(found[0].flow_id).name != flow_name:
+        _fail(f"flow run '{escape(ident)}' is not a run of {flow_name}", code=1)
+    return found[0]
+
+
+@app.command()
+def retry(
+    flow_run: Annotated[str | None, typer.Argument(help="Id (or name) of the flow run to retry; "
+                                                   "without it, list the runs that failed.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Retry a finished pipeline run in place: same flow-run id, same MLflow parent run; the stages
+    it finished come back Cached."""
+    try:
+        logs.quiet_environment(verbose)
+    except ValueError as e:
+        _fail(str(e))
+    workspace.bootstrap()
+    from entroflow import tracking
+
+    try:
+        tracking.ensure_sqlite_db(workspace.tracking_uri())
+    except tracking.TrackingStoreError as e:
+        _fail(escape(str(e)), code=1)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.pipeline import pipeline
+
+    finished = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+    with get_client(sync_client=True) as client:
+        if flow_run is None:
+            failed = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline.name])), limit=10,
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=finished[1:]))),
+                sort=FlowRunSort.START_TIME_DESC)
+            if not failed:
+                console.print(f"no failed runs in {workspace.home()}", highlight=False)
+                return
+            console.print(f"failed runs in {workspace.home()}, newest first (retry one with `entroflow retry ID`):",
+                          highlight=False)
+            for fr in failed:  # one line each, nothing cut, so the id can be copied
+                p = fr.parameters
+                started = f"{fr.start_time.astimezone():%Y-%m-%d %H:%M}" if fr.start_time else "-"
+                config = " ".join([str(p.get("config_path", "")), *(f"--set {o}" for o in p.get("overrides") or []),
+                                   *(f"--force {f}" for f in p.get("force") or [])])
+                console.print(f"{fr.id}  {fr.state_name or '':<9} {started}  {fr.name}  {escape(config)}",
+                              highlight=False)
+            return
+        fr = _find_flow_run(client, flow_run, pipeline.name)
+        if fr.state is None or fr.state.type not in finished:
+            _fail(f"flow run {fr.id} is {fr.state_name or 'in no state'}: only a finished run can be retried", code=1)
+        params = dict(fr.parameters)
+        config = Path(params.get("config_path", ""))
+        if not config.is_absolute() and not config.exists() and (workspace.PROJECT_ROOT / config).exists():
+            params["config_path"] = str(workspace.PROJECT_ROOT / config)  # the run was started from the checkout
+        cfg = _validate(params["config_path"], params.get("overrides") or [], params.get("force") or [])
+        answer = client.set_flow_run_state(fr.id, Scheduled(message="Retried by entroflow retry"), force=True)
+        if answer.status == SetStateStatus.ABORT:
+            _fail(f"Prefect refused to retry flow run {fr.id}: {answer.details.reason}", code=1)
+        fr = client.read_flow_run(fr.id)
+    log_file = logs.log_path(workspace.home(), cfg.name)
+    logs.attach(log_file, verbose)
+    console.print(f"retrying flow run {fr.id} ({fr.name}) of {params['config_path']}", highlight=False)
+    state = run_flow(flow=pipeline, flow_run=fr, parameters=params, return_type="state")
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as e:  # the flow's own error, one line; the traceback is in the log
+            msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
+            _fail(f"retry failed: {escape(msg.strip().splitlines()[0])} (log: {log_file})", code=1)
+        _fail(f"retry ended in state {state.name} (log: {log_file})", code=1)
+    results = state.result()
+    console.print(f"flow run {fr.id} completed", highlight=False)
+    console.print(f"report: {results.get('report_path')}", highlight=False)
+    if results.get("comparison_path"):
+        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
+    console.print(f"MLflow parent run: {results['mlflow_parent_run_id']}", highlight=False)
+    console.print(f"log: {log_file}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def render(ctx: dict) -> str:
     pm = ctx["pretrain_base"]["metrics"]
     if pm.get("parameters"):
         lines += ["", "## Base model", "",
-                  f"Qwen2, {int(pm['parameters']):,} parameters, trained from scratch: final loss "
+                  f"Qwen2, {int(pm['parameters']):,} parameters (unique weights: the input embedding and the "
+                  f"output head are tied and counted once), trained from scratch: final loss "
                   f"{pm['final_loss']:.4f}, {pm['train_seconds']:.0f} s at {pm['tokens_per_s']:,.0f} tokens/s.",
                   "", "![loss](loss.png)"]
     lines += ["", "## Evaluation (held-out test split)", "",
@@ -97,7 +98,10 @@ def render(ctx: dict) -> str:
             v = ev[k]
             lines.append(f"| {k} | {_pct(v) if 'entropy' not in k and 'length' not in k else f'{v:.3f}'} |")
     lines += ["", f"Sampling: T={ctx['temperature']}, top_p={ctx['top_p']}, top_k={ctx['top_k']}, "
-              f"{ctx['n_samples']} samples per prompt; greedy is argmax decoding.", ""]
+              f"{ctx['n_samples']} samples per prompt; greedy is argmax decoding. pass@k is the unbiased estimator "
+              f"over all {ctx['n_samples']} samples of a prompt (Chen et al. 2021), so pass@1 is the accuracy of all "
+              f"of them (= sampled_acc = avg@{ctx['n_samples']}); avg@k and maj@k use the first k samples only, so "
+              f"avg@1 and maj@1 score the first sample alone and differ from pass@1 by sampling noise.", ""]
     lines += ["### Per difficulty level", "", "| level | n | greedy | sampled | maj@%d |" % kmax, "|---|---|---|---|---|"]
     for level, v in ctx["levels"].items():
         lines.append(f"| {ctx['level_labels'].get(level, level)} | {v['n']} | {_pct(v['greedy'])} | "

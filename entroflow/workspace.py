@@ -53,6 +53,8 @@ def bootstrap() -> Path:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRANSFORMERS_VERBOSITY": "error",
+        # matplotlib writes its font cache and config to ~/.cache and ~/.config otherwise.
+        "MPLCONFIGDIR": str(root / "cache" / "matplotlib"),
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)

@@ -245,26 +245,55 @@ def render(summary: dict, training: dict, claim_rows: list[dict], models: list[s
 def plot_accuracy(summary: dict, models: list[str], kmax: int, out: Path) -> Path:
     models = [m for m in models if m in summary]
     keys = [("greedy_acc", "greedy"), ("sampled_acc", f"sampled avg@{kmax}"), ("maj_acc", f"maj@{kmax}")]
+    n_seeds = max((summary[m][k][2] for m in models for k, _ in keys), default=1)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     w = 0.8 / len(keys)
     for i, (k, label) in enumerate(keys):
         ax.bar([x + i * w for x in range(len(models))], [100 * summary[m][k][0] for m in models], w,
-               yerr=[100 * summary[m][k][1] for m in models], capsize=3, label=label)
+               yerr=[100 * summary[m][k][1] for m in models] if n_seeds > 1 else None, capsize=3, label=label)
     ax.set_xticks([x + w for x in range(len(models))], models)
     ax.set_ylabel("accuracy (%)"), ax.set_ylim(0, 100), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8)
-    ax.set_title("Held-out accuracy per method (mean ± sd over seeds)")
+    spread = f"mean ± sd over {n_seeds} seeds" if n_seeds > 1 else "1 seed"  # one seed has no spread to show
+    ax.set_title(f"Held-out accuracy per method ({spread})")
     fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
     return out
 
 
 def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[str, int], pa.Table], out: Path) -> Path:
-    panels = [("reward_mean", "batch reward"), ("accuracy", "batch accuracy (labels, diagnostic)"),
-              ("token_entropy_mean", "token entropy (nats)"), ("response_length_mean", "response length (tokens)")]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2))
-    methods = sorted({m for m, _ in histories})
+    """Training curves in a grid: one axis per reward kind (from the method's preset; EM-FT has no
+    reward), then batch accuracy, token entropy, response length and held-out accuracy. Each
+    curve is the mean over seeds."""
+    from matplotlib.ticker import MaxNLocator
+
+    from entroflow.rl.settings import METHOD_PRESETS
+
+    # What each reward measures: methods with different rewards get their own axes (the scales differ).
+    titles = {"correct": "reward: correct answer ±1 (DAPO: minus overlong penalty)",
+              "empo": "reward: EMPO, answer-cluster share of the group (0-1)",
+              "em_sequence": "reward: EM-RL, mean token log-prob (nats)",
+              "em_token": "reward: EM-RL (token), negative token entropy (nats)",
+              "token_frequency": "reward: target-token frequency"}
+    methods = list(dict.fromkeys(m for m, _ in [*histories, *evals]))  # in the config's order
     color = {m: f"C{i}" for i, m in enumerate(methods)}  # the same colour for a method in every panel
-    for ax, (key, title) in zip(axes, panels):
-        for m in methods:
+    reward = {m: METHOD_PRESETS.get(m, {}).get("reward", "other") for m in methods}
+    panels = [("reward_mean", titles.get(r, f"reward: {r}"), [m for m in methods if reward[m] == r])
+              for r in dict.fromkeys(reward.values()) if r != "none"]
+    panels += [("accuracy", "batch accuracy (labels; diagnostic)", methods),
+               ("token_entropy_mean", "token entropy (nats)", methods),
+               ("response_length_mean", "response length (tokens)", methods),
+               ("eval_sampled_acc", "held-out sampled accuracy (%)", methods)]
+    ncols = min(4, -(-len(panels) // 2))  # two rows of at most four
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, (key, title, members) in zip(axes.flat, panels):
+        for m in members:
+            if key == "eval_sampled_acc":  # evaluated every few steps: markers, no smoothing
+                series = [t.to_pydict() for (mm, _), t in evals.items() if mm == m]
+                if series:
+                    n = min(len(s["step"]) for s in series)
+                    ax.plot(series[0]["step"][:n], [100 * np.mean([s[key][i] for s in series]) for i in range(n)],
+                            marker="o", ms=3, color=color[m])
+                continue
             series = [t.to_pydict() for (mm, _), t in histories.items() if mm == m and key in t.column_names]
             if not series:
                 continue
@@ -272,16 +301,13 @@ def plot_curves(histories: dict[tuple[str, int], pa.Table], evals: dict[tuple[st
             y = np.nanmean([[v if v is not None else np.nan for v in s[key][:n]] for s in series], axis=0)
             k = max(1, n // 20)  # moving average over ~5% of the run, for readability
             ys = np.convolve(np.nan_to_num(y), np.ones(k) / k, mode="valid")
-            ax.plot(series[0]["step"][k - 1:n], ys, label=m, lw=1.2, color=color[m])
+            ax.plot(series[0]["step"][k - 1:n], ys, lw=1.2, color=color[m])
         ax.set_title(title, fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
-    ax = axes[-1]
-    for m in methods:
-        series = [t.to_pydict() for (mm, _), t in evals.items() if mm == m]
-        if series:
-            n = min(len(s["step"]) for s in series)
-            ax.plot(series[0]["step"][:n], [100 * np.mean([s["eval_sampled_acc"][i] for s in series]) for i in range(n)],
-                    marker="o", ms=3, label=m, color=color[m])
-    ax.set_title("held-out sampled accuracy (%)", fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(out, dpi=100), plt.close(fig)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=color[m], lw=2) for m in methods]
+    fig.legend(handles, methods, loc="upper center", ncol=len(methods), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.savefig(out, dpi=100), plt.close(fig)
     return out
