@@ -247,6 +247,9 @@ def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest:
                                              f"and tags.digest = '{manifest['digest']}' and attributes.status = 'FINISHED'")
         if origin:
             c.set_tag(rid, "artifacts_run_id", origin[0].info.run_id)
+            # The manifest alone (a few KB) names every file: it also keeps MLflow 3.17's compare
+            # page working, whose Artifacts section fails on a run with no artifacts at all.
+            c.log_artifact(rid, str(stage_dir / "manifest.json"))
             c.set_terminated(rid, "FINISHED")
             return rid
     for p in sorted(stage_dir.rglob("*")):

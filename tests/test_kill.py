@@ -1,7 +1,7 @@
 """Real kills: `entroflow run` is SIGKILLed (its whole process group) at several moments of a run
 in a fresh workspace, and the same command is run again each time.
 
-Moments: while Prefect creates its DB, while MLflow creates its tracking DB, during pretraining,
+Moments: while MLflow creates its tracking DB, while Prefect creates its DB, during pretraining,
 right after a stage's commit, and during an RL stage after its first checkpoint. After every
 kill, nothing partial is visible in the store; the final run finishes, stages that had finished
 come back Cached, and the RL stage resumes from its checkpoint.
@@ -85,9 +85,9 @@ def _states(stdout: str) -> dict[str, str]:
 def test_sigkill_at_any_moment_leaves_a_usable_workspace(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    moments = [
+    moments = [  # in the order a run reaches them
+        (SMOKE, "mlflow.db.init-*"),  # MLflow creates and migrates the tracking DB (the CLI does it first)
         (SMOKE, "prefect/prefect.db"),  # Prefect creates and migrates its DB
-        (SMOKE, "mlflow.db.init-*"),  # MLflow creates and migrates the tracking DB
         (SMOKE, "store/.tmp/pretrain_base-*"),  # during pretraining
         (SMOKE, "store/rollout/LATEST"),  # right after a stage's commit
         (SMOKE_RL, "store/.work/train_rl/*/checkpoints/step-*"),  # during an RL stage, after a checkpoint
