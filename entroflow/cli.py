@@ -39,6 +39,19 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _results(state, verb: str, log_file: Path) -> dict:
+    """The flow's results, or one line naming the failed stage and the cause (exit 1); the
+    traceback is in the log file."""
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as e:
+            msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
+            _fail(f"{verb} failed: {msg.strip().splitlines()[0]} (log: {log_file})", code=1)
+        _fail(f"{verb} ended in state {state.name} (log: {log_file})", code=1)
+    return state.result()
+
+
 def _validate(config: str, overrides: list[str], force: list[str] | None = None):
     try:
         cfg = load_config(config, overrides)
@@ -81,14 +94,7 @@ def run(
     log_file = logs.log_path(workspace.home(), cfg.name)
     logs.attach(log_file, verbose)
     state = pipeline(config_path=config, overrides=overrides, force=force or [], return_state=True)
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as e:  # the flow's own error, one line; the traceback is in the log
-            msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
-            _fail(f"run failed: {msg.strip().splitlines()[0]} (log: {log_file})", code=1)
-        _fail(f"run ended in state {state.name} (log: {log_file})", code=1)
-    results = state.result()
+    results = _results(state, "run", log_file)
     t = Table(title=f"entroflow run: {cfg.name}")
     for col in ("stage", "state", "seconds", "output"):
         t.add_column(col)
@@ -384,14 +390,7 @@ def retry(
     logs.attach(log_file, verbose)
     console.print(f"retrying flow run {fr.id} ({fr.name}) of {params['config_path']}", highlight=False)
     state = run_flow(flow=pipeline, flow_run=fr, parameters=params, return_type="state")
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as e:  # the flow's own error, one line; the traceback is in the log
-            msg = str(e) if type(e).__name__ == "StageFailed" else f"{type(e).__name__}: {e}"
-            _fail(f"retry failed: {escape(msg.strip().splitlines()[0])} (log: {log_file})", code=1)
-        _fail(f"retry ended in state {state.name} (log: {log_file})", code=1)
-    results = state.result()
+    results = _results(state, "retry", log_file)
     console.print(f"flow run {fr.id} completed", highlight=False)
     console.print(f"report: {results.get('report_path')}", highlight=False)
     if results.get("comparison_path"):
