@@ -55,6 +55,13 @@ def input_files(cfg: PipelineConfig) -> dict[str, str]:
     return {key: provenance.path_digest(path, memo) for key, path in cfg.input_paths().items()}
 
 
+def _files(cfg: PipelineConfig, prefix: str) -> dict:
+    """The ``files`` entry of a stage's keyed section: digests of its input files (none: no entry,
+    so configs without input files keep their keys)."""
+    files = {k: v for k, v in input_files(cfg).items() if k.startswith(prefix)}
+    return {"files": files} if files else {}
+
+
 DAG: list[Node] = [
     Node(generate_data, {}, lambda c, d: {"seed": c.seed, "data": d["data"],
                                           **_files(c, "data.")}),
@@ -71,12 +78,6 @@ DAG: list[Node] = [
                        "evaluate": d["evaluate"], "rollout": d["rollout"]}),
 ]
 
-
-def _files(cfg: PipelineConfig, prefix: str) -> dict:
-    """The ``files`` entry of a stage's keyed section: digests of its input files (none: no entry,
-    so configs without input files keep their keys)."""
-    files = {k: v for k, v in input_files(cfg).items() if k.startswith(prefix)}
-    return {"files": files} if files else {}
 
 
 STAGE_NAMES = [n.stage.name for n in DAG]
@@ -154,7 +155,8 @@ class _Planner:
         forced_up = [p for p in parent_labels if p in self.forced_labels]
         if forced_up or stage.name in self.force or label in self.force:
             # Forced, or downstream of a forced stage: it runs whatever its key (as in Runner.run).
-            self.pending.add(label), self.forced_labels.add(label)
+            self.pending.add(label)
+            self.forced_labels.add(label)
             why = f"forced (upstream {forced_up[0]} is forced)" if forced_up else "forced (--force)"
             self.rows.append({"stage": label, "after": after, "status": "run", "key": "?", "why": why})
             return None
@@ -168,7 +170,6 @@ class _Planner:
         ref, why = self.store.lookup(stage.name, key)
         if ref is None:
             why += _diff_from_latest(self.store, stage, section, parents) + _resumes(self.store, stage.name, key)
-        if ref is None:
             self.pending.add(label)
         self.rows.append({"stage": label, "after": after, "status": "cached" if ref else "run", "key": key, "why": why})
         return ref.model_dump() if ref else None
