@@ -39,6 +39,30 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _start_workspace(verbose: bool) -> None:
+    """What `run` and `retry` do before the flow: quiet third-party logs (before their import),
+    point everything at the workspace, and repair (or refuse, in one line) a tracking DB that a
+    killed run left half-migrated, before anything runs."""
+    try:
+        logs.quiet_environment(verbose)
+    except ValueError as e:
+        _fail(str(e))
+    workspace.bootstrap()
+    from entroflow import tracking
+
+    try:
+        tracking.ensure_sqlite_db(workspace.tracking_uri())
+    except tracking.TrackingStoreError as e:
+        _fail(str(e), code=1)
+
+
+def _attach_log(name: str, verbose: bool) -> Path:
+    """The run's log file (after Prefect has set up its logging, which attach() re-points)."""
+    log_file = logs.log_path(workspace.home(), name)
+    logs.attach(log_file, verbose)
+    return log_file
+
+
 def _results(state, verb: str, log_file: Path) -> dict:
     """The flow's results, or one line naming the failed stage and the cause (exit 1); the
     traceback is in the log file."""
@@ -50,6 +74,14 @@ def _results(state, verb: str, log_file: Path) -> dict:
             _fail(f"{verb} failed: {msg.strip().splitlines()[0]} (log: {log_file})", code=1)
         _fail(f"{verb} ended in state {state.name} (log: {log_file})", code=1)
     return state.result()
+
+
+def _print_outputs(results: dict, log_file: Path) -> None:
+    console.print(f"report: {results.get('report_path')}", highlight=False)
+    if results.get("comparison_path"):
+        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
+    console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)
+    console.print(f"log: {log_file}", highlight=False)
 
 
 def _validate(config: str, overrides: list[str], force: list[str] | None = None):
@@ -78,21 +110,10 @@ def run(
     """Run the pipeline end to end; finished stages come back Cached."""
     overrides = set_ or []
     cfg = _validate(config, overrides, force)  # bad input fails here, before anything is written
-    try:
-        logs.quiet_environment(verbose)
-    except ValueError as e:
-        _fail(str(e))
-    workspace.bootstrap()
-    from entroflow import tracking
-
-    try:  # a tracking DB left half-migrated by a killed run is repaired (or refused) before anything runs
-        tracking.ensure_sqlite_db(workspace.tracking_uri())
-    except tracking.TrackingStoreError as e:
-        _fail(str(e), code=1)
+    _start_workspace(verbose)
     from flows.pipeline import pipeline
 
-    log_file = logs.log_path(workspace.home(), cfg.name)
-    logs.attach(log_file, verbose)
+    log_file = _attach_log(cfg.name, verbose)
     state = pipeline(config_path=config, overrides=overrides, force=force or [], return_state=True)
     results = _results(state, "run", log_file)
     t = Table(title=f"entroflow run: {cfg.name}")
@@ -102,11 +123,7 @@ def run(
         if isinstance(r, dict) and "ref" in r:
             t.add_row(escape(label), r["state"], f"{r['seconds']:.1f}", str(workspace.store_root() / r["ref"]["path"]))
     console.print(t)
-    console.print(f"report: {results.get('report_path')}", highlight=False)
-    if results.get("comparison_path"):
-        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
-    console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)
-    console.print(f"log: {log_file}", highlight=False)
+    _print_outputs(results, log_file)
 
 
 @app.command()
@@ -192,9 +209,8 @@ def _experiment_id(name: str) -> str | None:
     (None when there is no such DB or experiment yet)."""
     import sqlite3
 
-    uri = workspace.tracking_uri()
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///") or not path.exists():
+    path = workspace.sqlite_path(workspace.tracking_uri())
+    if path is None or not path.exists():
         return None
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
@@ -314,12 +330,12 @@ def _find_flow_run(client, ident: str, flow_name: str):
     if os.environ.get("PREFECT_API_URL"):
         where = f"the Prefect server at {os.environ['PREFECT_API_URL']}"
     if not found:
-        _fail(f"no flow run '{escape(ident)}' in {where} (`entroflow retry` lists the failed ones)", code=1)
+        _fail(f"no flow run '{ident}' in {where} (`entroflow retry` lists the failed ones)", code=1)
     if len(found) > 1:
         ids = ", ".join(str(f.id) for f in found)
-        _fail(f"{len(found)} flow runs are named '{escape(ident)}': give its id ({ids})", code=1)
+        _fail(f"{len(found)} flow runs are named '{ident}': give its id ({ids})", code=1)
     if client.read_flow(found[0].flow_id).name != flow_name:
-        _fail(f"flow run '{escape(ident)}' is not a run of {flow_name}", code=1)
+        _fail(f"flow run '{ident}' is not a run of {flow_name}", code=1)
     return found[0]
 
 
@@ -331,17 +347,7 @@ def retry(
 ) -> None:
     """Retry a finished pipeline run in place: same flow-run id, same MLflow parent run; the stages
     it finished come back Cached."""
-    try:
-        logs.quiet_environment(verbose)
-    except ValueError as e:
-        _fail(str(e))
-    workspace.bootstrap()
-    from entroflow import tracking
-
-    try:
-        tracking.ensure_sqlite_db(workspace.tracking_uri())
-    except tracking.TrackingStoreError as e:
-        _fail(escape(str(e)), code=1)
+    _start_workspace(verbose)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
                                                 FlowRunFilterStateType)
@@ -386,17 +392,12 @@ def retry(
         if answer.status == SetStateStatus.ABORT:
             _fail(f"Prefect refused to retry flow run {fr.id}: {answer.details.reason}", code=1)
         fr = client.read_flow_run(fr.id)
-    log_file = logs.log_path(workspace.home(), cfg.name)
-    logs.attach(log_file, verbose)
+    log_file = _attach_log(cfg.name, verbose)
     console.print(f"retrying flow run {fr.id} ({fr.name}) of {params['config_path']}", highlight=False)
     state = run_flow(flow=pipeline, flow_run=fr, parameters=params, return_type="state")
     results = _results(state, "retry", log_file)
     console.print(f"flow run {fr.id} completed", highlight=False)
-    console.print(f"report: {results.get('report_path')}", highlight=False)
-    if results.get("comparison_path"):
-        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
-    console.print(f"MLflow parent run: {results['mlflow_parent_run_id']}", highlight=False)
-    console.print(f"log: {log_file}", highlight=False)
+    _print_outputs(results, log_file)
 
 
 if __name__ == "__main__":

@@ -74,11 +74,6 @@ def combine_digests(digests: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def dir_digest(root: Path) -> str:
-    """sha256 over (relative path, file sha256) of every data file (not the manifest or records)."""
-    return combine_digests(file_digests(root))
-
-
 def records_digest(root: Path) -> dict[str, str]:
     return {r: file_sha256(root / r) for r in RECORDS if (root / r).exists()}
 
@@ -191,15 +186,20 @@ class Store:
         if not tmp_root.exists():
             return 0
         for d in tmp_root.iterdir():
-            pid = d.name.rsplit("-", 1)[-1]
-            alive = pid.isdigit() and pid_alive(int(pid))
-            if not alive and time.time() - d.stat().st_mtime >= older_than_s:
+            if not pid_alive(d.name.rsplit("-", 1)[-1]) and time.time() - d.stat().st_mtime >= older_than_s:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
 
 
-def pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | str) -> bool:
+    """Whether process ``pid`` runs (a pid read from a file name may be any text: not a pid, not
+    alive). Temp files and dirs carry their owner's pid, so a leftover of a killed run is told
+    from one in use."""
+    if isinstance(pid, str):
+        if not pid.isdigit():
+            return False
+        pid = int(pid)
     if pid == os.getpid():
         return True
     try:

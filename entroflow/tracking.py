@@ -45,11 +45,6 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The file behind a ``sqlite:///`` tracking URI (None for servers and other databases)."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def _tables(path: Path) -> tuple[set[str], int | None]:
     """(table names, number of runs or None when there is no runs table) of a SQLite file."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
@@ -88,13 +83,12 @@ def ensure_sqlite_db(uri: str) -> None:
       its original exists; a finished copy whose original was already dropped is renamed back)
       and the migration is resumed, or the run stops with a one-line error saying what to do.
     """
-    path = sqlite_path(uri)
+    path = workspace.sqlite_path(uri)
     if path is None or str(path) in ("", ":memory:"):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}.init-*"):  # temporaries of killed runs
-        pid = stale.name.split("-")[1]
-        if not (pid.isdigit() and pid_alive(int(pid))):
+        if not pid_alive(stale.name.split("-")[1]):
             stale.unlink(missing_ok=True)
     if path.exists():
         names, runs = _tables(path)
@@ -205,7 +199,7 @@ def run_process_alive(run) -> bool:
     tags = run.data.tags
     if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
         return True
-    return pid_alive(int(tags["pid"]))
+    return pid_alive(tags["pid"])
 
 
 def log_stage(c: MlflowClient, experiment_id: str, parent_run_id: str, manifest: dict,

@@ -34,6 +34,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
+def input_digest_memo() -> Path:
+    """Where content digests of input files are remembered (see provenance.path_digest)."""
+    return store_root() / ".input-digests.json"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file behind a ``sqlite:///`` tracking URI (None for servers and other databases)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def bootstrap() -> Path:
     """Point Prefect, MLflow and Hugging Face at the workspace (explicit env vars win)."""
     root = home()

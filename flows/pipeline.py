@@ -48,17 +48,13 @@ def _scratch(cfg: PipelineConfig) -> bool:
     return cfg.model.source == "scratch"
 
 
-def input_files(cfg: PipelineConfig) -> dict[str, str]:
-    """Content digests of the files a config points at, by config key. They enter the cache key
-    of the stage that reads them, so an edited file is never served from the cache."""
-    memo = workspace.home() / "store" / ".input-digests.json"
-    return {key: provenance.path_digest(path, memo) for key, path in cfg.input_paths().items()}
-
-
 def _files(cfg: PipelineConfig, prefix: str) -> dict:
-    """The ``files`` entry of a stage's keyed section: digests of its input files (none: no entry,
-    so configs without input files keep their keys)."""
-    files = {k: v for k, v in input_files(cfg).items() if k.startswith(prefix)}
+    """The ``files`` entry of a stage's keyed section: content digests of the input files the
+    config points at under ``prefix`` (``data.``: the data stage, ``model.``: the model stage), so
+    an edited file is never served from the cache. No input files: no entry, so configs without
+    them keep their keys. Digests are memoised by (path, size, mtime, inode) in the store."""
+    memo = workspace.input_digest_memo()
+    files = {k: provenance.path_digest(p, memo) for k, p in cfg.input_paths().items() if k.startswith(prefix)}
     return {"files": files} if files else {}
 
 
@@ -362,7 +358,6 @@ def _publish(store: Store, refs: dict[str, dict], root: Path, run_dir: str) -> d
     link.symlink_to(run_dir, target_is_directory=True)
     os.replace(link, root / "latest")
     for stale in root.glob(".tmp-*"):  # left by killed runs (their pid is gone)
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and pid_alive(int(pid))):
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     return found

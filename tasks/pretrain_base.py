@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from entroflow import model as model_lib
+from entroflow import provenance, workspace
 from entroflow import tokenizer as tok_lib
 from entroflow.progress import progress_bar
-from entroflow.store import dir_digest
 from tasks._stage import StageOutput, stage
 from tasks.generate_data import PRETRAINING_FILES
 from tasks.build_tokenizer import corpus_texts
@@ -21,8 +21,10 @@ def pretrain_base(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
     mcfg, pcfg, seed = config["model"], config["pretrain"], config["seed"]
     if mcfg["source"] == "pretrained":
         path = Path(mcfg["path"]).resolve()
-        # Reference, don't copy: real checkpoints are gigabytes. The digest pins what was used.
-        (out.dir / "model_ref.json").write_text(json.dumps({"path": str(path), "digest": dir_digest(path)}))
+        # Reference, don't copy: real checkpoints are gigabytes. The digest pins what was used; it
+        # is the one the cache key already holds (memoised, so the directory is not hashed again).
+        digest = provenance.path_digest(path, workspace.input_digest_memo())
+        (out.dir / "model_ref.json").write_text(json.dumps({"path": str(path), "digest": digest}))
         out.log(parameters=0)
         return
     tokenizer = tok_lib.load(parents["build_tokenizer"] / "tokenizer")

@@ -301,22 +301,28 @@ def test_lean_logits_equal_hf_logits(model, tok):
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max()))
 
     with torch.no_grad():
-        B, L = len(prompts), max(map(len, prompts))
-        ids = torch.zeros((B, L), dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, L - len(p):], attn[b, L - len(p):] = torch.tensor(p), 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        lg, state = lean.start(ids, attn, pos, 6)
-        nxt = pos[:, -1] + 1
-        for _ in range(6):
-            full = m(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
-            assert float((lg - full).abs().max()) < 1e-5
-            tok_ = torch.distributions.Categorical(logits=full).sample()
-            ids, attn = torch.cat([ids, tok_[:, None]], 1), torch.cat([attn, torch.ones(B, 1, dtype=torch.long)], 1)
-            pos = torch.cat([pos, nxt[:, None]], 1)
-            lg = lean.step(state, tok_, nxt)
-            nxt = nxt + 1
+        _assert_lean_decoding_equals_hf(m, lean, prompts, 6, lambda full: torch.distributions.Categorical(logits=full).sample())
+
+
+def _assert_lean_decoding_equals_hf(m, lean, prompts, steps, pick):
+    """Prefill and ``steps`` decoding steps of the lean path give the HF model's last-position
+    logits (recomputed from scratch each step) within 1e-5; ``pick`` chooses each next token."""
+    B, L = len(prompts), max(map(len, prompts))
+    ids = torch.zeros((B, L), dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):], attn[b, L - len(p):] = torch.tensor(p), 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    lg, state = lean.start(ids, attn, pos, steps)
+    nxt = pos[:, -1] + 1
+    for _ in range(steps):
+        full = m(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
+        assert float((lg - full).abs().max()) < 1e-5
+        t = pick(full)
+        ids, attn = torch.cat([ids, t[:, None]], 1), torch.cat([attn, torch.ones(B, 1, dtype=torch.long)], 1)
+        pos = torch.cat([pos, nxt[:, None]], 1)
+        lg = lean.step(state, t, nxt)
+        nxt = nxt + 1
 
 
 @pytest.mark.parametrize("params", [SamplingParams(n=1, temperature=0.0, max_new_tokens=12),
@@ -358,19 +364,4 @@ def test_lean_logits_equal_hf_for_gqa_and_llama(tok, arch):
     with torch.no_grad():
         logits, _, mask = sequence_logits(m, prompts, comps, tok.pad_token_id)
         assert float((lean.score(Packed(prompts, comps, "cpu")) - logits[mask]).abs().max()) < 1e-5
-        B, L = len(prompts), max(map(len, prompts))
-        ids = torch.zeros((B, L), dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, L - len(p):], attn[b, L - len(p):] = torch.tensor(p), 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        lg, state = lean.start(ids, attn, pos, 4)
-        nxt = pos[:, -1] + 1
-        for _ in range(4):
-            full = m(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -1]
-            assert float((lg - full).abs().max()) < 1e-5
-            t = full.argmax(-1)
-            ids, attn = torch.cat([ids, t[:, None]], 1), torch.cat([attn, torch.ones(B, 1, dtype=torch.long)], 1)
-            pos = torch.cat([pos, nxt[:, None]], 1)
-            lg = lean.step(state, t, nxt)
-            nxt = nxt + 1
+        _assert_lean_decoding_equals_hf(m, lean, prompts, 4, lambda full: full.argmax(-1))

@@ -53,25 +53,19 @@ def test_half_created_db_without_runs_is_moved_aside(tmp_path, mlflow_template):
     assert MlflowClient(uri).search_experiments()
 
 
-def test_unfinished_copy_beside_its_original_is_dropped_and_runs_kept(tmp_path, mlflow_template):
+@pytest.mark.parametrize("killed_state", [
+    "create table _alembic_tmp_model_versions as select * from model_versions",  # unfinished copy: dropped
+    "alter table model_versions rename to _alembic_tmp_model_versions",  # original dropped: copy renamed back
+], ids=["unfinished-copy", "original-dropped"])
+def test_half_migrated_db_with_runs_is_repaired_and_runs_kept(tmp_path, mlflow_template, killed_state):
     path, uri = _db(tmp_path, mlflow_template, with_run=True)
     con = sqlite3.connect(path)
-    con.execute("create table _alembic_tmp_model_versions as select * from model_versions")
+    con.execute(killed_state)
     con.commit()
     tracking.ensure_sqlite_db(uri)
     assert "_alembic_tmp_model_versions" not in _tables(path) and "model_versions" in _tables(path)
     assert _runs(path) == 1 and not list(tmp_path.glob("mlflow.db.broken-*"))
     assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("e").experiment_id])) == 1
-
-
-def test_finished_copy_whose_original_was_dropped_is_renamed_back(tmp_path, mlflow_template):
-    path, uri = _db(tmp_path, mlflow_template, with_run=True)
-    con = sqlite3.connect(path)
-    con.execute("alter table model_versions rename to _alembic_tmp_model_versions")
-    con.commit()
-    tracking.ensure_sqlite_db(uri)
-    assert "_alembic_tmp_model_versions" not in _tables(path) and "model_versions" in _tables(path)
-    assert _runs(path) == 1
 
 
 def test_unrepairable_db_with_runs_is_a_clear_error_and_is_kept(tmp_path, mlflow_template):
