@@ -92,7 +92,10 @@ def test_ui_stops_within_5_s_of_sigterm_and_links_the_training_runs(fresh_home):
         assert elapsed < 5, f"`entroflow ui` took {elapsed:.1f} s to stop after SIGTERM"
         assert code == 0, log.read_text()[-3000:]
         assert live_members(pgid) == []
-        with socket.socket() as s:  # the port is free again
+        with socket.socket() as s:  # the port is free again: nothing listens on it
+            # SO_REUSEADDR, as every server sets it: the closed server's connections may linger in
+            # TIME_WAIT, which only blocks a bind without it; a listening socket blocks either way.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         text = log.read_text()
         assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in text, text[:500]
