@@ -12,10 +12,45 @@ Formats
     the final ``#`` at the end of the completion (``12+3=15#15`` -> ``15``). Normal form:
     ``str(int(x))``.
 ``gsm8k``
-    The number after the last ``####`` if the text has one, else the last number in the text.
-    Commas, ``$`` and a sentence-final ``.`` are dropped and the value is written canonically:
-    ``$1,200.`` -> ``1200``, ``12.0`` -> ``12``, ``0.50`` -> ``0.5``. Gold answers go through the
-    same rule, so both a bare ``72`` and a full reference solution ``... #### 72`` work.
+    A completion's answer is found by the first of these rules that applies, in this order:
+
+    1. ``\\boxed{...}`` (or ``\\fbox``): the last box, brace-balanced, decides: the number after
+       its last ``=`` if it has one (``\\boxed{x = 5}``), else its first number; numbers after
+       the box (a check like ``\\boxed{18}. Check: 18 * 2 = 36``) do not count. A box without a
+       number (``\\boxed{\\text{none}}``), or a last box cut off before its ``}``, is no answer
+       (None). An empty ``\\boxed{}`` is not a box (it is the prompt's "put your answer in
+       \\boxed{}" echoed), so the rules below apply.
+    2. ``####``: the first number after the last ``####`` (GSM8K's ``#### N`` line); none there
+       is no answer.
+    3. "the answer is ...": the last ``answer is``/``answer was``/``answer:``/``answer =``
+       (any case, markdown bold allowed) directly followed by a number (only spaces, ``:``,
+       ``*``, ``$`` or ``\\(`` in between) gives that number: ``The answer is $1,200.``. A
+       phrase not directly followed by a number (``the answer is correct: 9+9=18``) is skipped.
+    4. The last number in the text.
+
+    A gold is read differently: ``\\boxed{...}`` as above, else the FIRST number after the last
+    ``####`` (``#### 18 (9 each)`` is 18, not 9), else the first number (a bare ``1,200`` or
+    ``18 (9 each)``). So both a bare ``72`` and a full reference solution ``... #### 72`` work.
+
+    Numbers (:func:`_numbers` has the details): thousands commas in correct groups (``1,200``;
+    ``3,4`` is two numbers), also LaTeX ``1{,}200``; ``$``/``\\$`` before or after a minus
+    (``-$5`` is -5); decimals; negative numbers (a minus after a letter or digit is a hyphen:
+    ``5-7`` is 5 and 7); fractions ``3/4``, ``\\frac{3}{4}``, ``\\dfrac``, ``\\tfrac``, read as
+    their value (not the denominator), and mixed numbers ``2 1/2``; ``%`` is dropped (GSM8K
+    golds state percentages as the bare number, so ``25%`` matches gold ``25``, not ``0.25``);
+    trailing units and words are ignored (``72 m^2`` is 72, ``5 km/h`` is 5, ``3 cm²`` is 3).
+    Digits inside words are not numbers (``H2O``, ``COVID-19``, ``x2``), nor ordinals (``2nd``,
+    ``10th``), exponents/subscripts (``m^2``, ``x_1``) or dates (``3/4/2020``); digits glued to
+    letters on their right are a number with a unit (``5km``).
+
+    Normal form: the exact value as a string: an integer (``$1,200.`` -> ``1200``, ``12.0`` ->
+    ``12``), a terminating decimal without trailing zeros (``0.50`` and ``3/4`` -> ``0.5``,
+    ``0.75``), or, when the decimal does not terminate, the reduced fraction (``1/3``,
+    ``\\frac{2}{6}`` -> ``1/3``; ``0.333`` is a different value). Every value has exactly one
+    normal form, so equal values compare equal as strings. These are the project's own rules,
+    not math-verify's: a GSM8K answer is one number, an exact rational compare is the right
+    test (math-verify rounds, so it accepts ``0.3333333`` for ``1/3``), and math-verify reads no
+    number in ``-$5`` or ``\\$5`` and reads ``2nd`` as 2.
 ``math``
     Competition maths (MATH/MATH-500 style), judged with math-verify. The answer is the content
     of the *last* ``\\boxed{...}`` (brace-balanced); a completion without any box falls back to
@@ -31,7 +66,8 @@ Equivalence and clusters
 deliberately asymmetric (e.g. it simplifies assignments like ``x=1`` only on the gold side), and
 clustering has no "gold" side. ``cluster_answers`` gives each answer the id of the first earlier
 cluster whose representative (its first member) it is equivalent to, else a new id; ids are
-therefore numbered in order of first occurrence, which metrics use to break ties.
+therefore numbered in order of first occurrence, which metrics use to break ties. None and blank
+(empty or whitespace-only) answers are no answer in every format: cluster -1, never a vote.
 
 math-verify without signals
 ---------------------------
@@ -50,7 +86,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from entroflow.data.reasoning import extract_answer
 
@@ -70,8 +106,9 @@ def _check_fmt(fmt: str) -> None:
 def extract(text: str, fmt: str) -> str | None:
     """The answer a completion gives in format ``fmt``, or None when it gives none.
 
-    synthetic/gsm8k answers come back in normal form; math answers come back as the LaTeX the
-    model wrote inside its last box (comparison happens later, in :func:`is_correct`).
+    synthetic/gsm8k answers come back in normal form (the module docstring's Formats section
+    gives the rules and their order); math answers come back as the LaTeX the model wrote inside
+    its last box (comparison happens later, in :func:`is_correct`).
     """
     _check_fmt(fmt)
     if fmt == "synthetic":
@@ -85,7 +122,8 @@ def is_correct(pred: str | None, gold: str, fmt: str) -> bool:
     """Whether the extracted answer ``pred`` matches the gold answer ``gold``.
 
     ``gold`` may be a bare answer or a full reference solution (``... #### 72`` for gsm8k,
-    ``...\\boxed{...}`` for math); it is reduced with the format's own rule first.
+    ``...\\boxed{...}`` for math); it is reduced with the format's own rule first (for gsm8k
+    the gold rule: the first number after ``####``, see the module docstring).
     """
     _check_fmt(fmt)
     if pred is None:
@@ -95,7 +133,9 @@ def is_correct(pred: str | None, gold: str, fmt: str) -> bool:
         if g and g == p:
             return True
         return _verify(_parse_math(gold), _parse_math(pred))
-    g = _normalise(gold, fmt)
+    # The gold is read with the gold rule (first number after "####"), the prediction with the
+    # completion rule, which is the identity on the normal forms extract returns.
+    g = _gold_gsm8k(gold) if fmt == "gsm8k" else _normalise(gold, fmt)
     return g is not None and g == _normalise(pred, fmt)
 
 
@@ -113,11 +153,14 @@ def equivalent(a: str, b: str, fmt: str) -> bool:
 
 
 def cluster_answers(answers: list[str | None], fmt: str) -> list[int]:
-    """Cluster id per answer; ids count up from 0 in order of first occurrence, None -> -1.
+    """Cluster id per answer; ids count up from 0 in order of first occurrence; no answer -> -1.
 
-    synthetic/gsm8k cluster by equality of the normal form (an answer without one, which
-    :func:`extract` never returns, counts as no answer: -1). math compares each answer with the
-    representative (first member) of every cluster so far, via :func:`equivalent`.
+    No answer is None or a blank (empty or whitespace-only) string: answers read back from a
+    table or another tool can be "" where :func:`extract` would have said None, and a blank must
+    never form a cluster that outvotes real answers. synthetic/gsm8k cluster by equality of the
+    normal form (an answer without one, which :func:`extract` never returns, also counts as no
+    answer). math compares each answer with the representative (first member) of every cluster
+    so far, via :func:`equivalent`.
     """
     _check_fmt(fmt)
     ids: list[int] = []
@@ -132,7 +175,7 @@ def cluster_answers(answers: list[str | None], fmt: str) -> list[int]:
         return ids
     reps: list[str] = []
     for a in answers:
-        if a is None:
+        if a is None or not a.strip():
             ids.append(-1)
             continue
         # Linear scan over representatives: k (samples per prompt) is small, and an answer
@@ -152,40 +195,207 @@ def cluster_answers(answers: list[str | None], fmt: str) -> list[int]:
 # --------------------------------------------------------------------------------------------
 
 _INT_RE = re.compile(r"-?\d+")
-# A number as written in prose: optional minus (not a hyphen inside a word or range like "5-7"),
-# optional $, digits with thousands commas, optional decimals; also ".5". A trailing sentence
-# "." is not part of the match because a decimal point must be followed by digits.
-_NUMBER_RE = re.compile(r"(?:(?<![\w.])-)?\$?(?:\d(?:[\d,]*\d)?(?:\.\d+)?|\.\d+)")
 _GSM8K_MARK = "####"
 
+# One unsigned number as written in prose: digits with correct thousands groups (so "3,4" is two
+# numbers, not 34), optional decimals, or a bare ".5". A sentence-final "." is not part of it
+# because a decimal point must be followed by digits.
+_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+# A number token: an optional minus and/or currency sign (either order: "-$5", "$-5", "-\$5"),
+# then a LaTeX fraction (\frac{3}{4}, \dfrac, \tfrac, \frac34), a plain fraction a/b (not part of a
+# date like 3/4/2020) or a plain number. Context the regex cannot see (hyphens, words, exponents)
+# is checked in _numbers.
+_NUMBER_RE = re.compile(
+    rf"""(?P<lead>[-\u2212]\\?\$?|\\?\$[-\u2212]?)?
+    (?:\\[dt]?frac\s*(?:\{{\s*(?P<ln>-?(?:{_UNSIGNED}))\s*\}}|(?P<ln1>\d))
+                 \s*(?:\{{\s*(?P<ld>-?(?:{_UNSIGNED}))\s*\}}|(?P<ld1>\d))
+      |(?P<fn>{_UNSIGNED})/(?P<fd>{_UNSIGNED})(?![/\d])
+      |(?P<num>{_UNSIGNED}))""",
+    re.VERBOSE,
+)
+_MAX_NUMBER_CHARS = 200  # a longer token is a digit dump, not an answer
+_ORDINAL_RE = re.compile(r"(?:st|nd|rd|th)(?![^\W\d_])", re.IGNORECASE)
+_SLASH_DIGIT_RE = re.compile(r"/\d")
+# "The answer is 18", "Final answer: $1,200", "**Answer:** 18", "answer = -5": the number must
+# follow the phrase directly (only spaces, markdown bold, ":" or a "$"/"\(" math opener between),
+# so "the answer is correct: 9+9=18" does not anchor on 9.
+_ANSWER_IS_RE = re.compile(
+    r"\banswer(?:\*\*|\s)*(?:is|was|would\s+be|will\s+be|:|=)(?:[\s*:$]|\\\(|\\\[)*",
+    re.IGNORECASE,
+)
+_EMPTY_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
 
-def _canonical_number(s: str) -> str | None:
-    """``-$1,200.50`` -> ``-1200.5``; integral values lose their decimals (``12.0`` -> ``12``)."""
-    s = s.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if not d.is_finite():
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))  # also maps -0 to 0
-    return format(d.normalize(), "f")
+
+def _prep(text: str) -> str:
+    """LaTeX thousands separators to plain commas (``1{,}200`` and ``1\\,200`` -> ``1,200``), and
+    empty boxes dropped: ``\\boxed{}`` is a template echo ("put your answer in \\boxed{}"), not a
+    declared answer, so it must not hide the answer the text does give."""
+    text = _EMPTY_BOX_RE.sub(" ", text.replace("{,}", ","))
+    return re.sub(r"(?<=\d)\\,(?=\d{3})", ",", text)
+
+
+def _numbers(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, Fraction]]:
+    """(start offset, exact value) of every number in ``text[start:end]``, in order.
+
+    Rules beyond the regex, each because a real completion broke the simpler reading:
+
+    * a minus right after a letter, digit, ``.`` or closing bracket is a hyphen or a
+      subtraction, not a sign: ``5-7`` gives 5 and 7, and after a letter (``COVID-19``, ``x-2``)
+      the number is part of the word and skipped;
+    * digits glued to a letter on their left are part of a word (``H2O``, ``m2``, ``A1``), except
+      after a LaTeX command (``\\times3``, ``\\cdot5``); glued on their right only the ordinal
+      suffixes st/nd/rd/th make a word (``2nd``, ``10th``), other letters are a unit (``5km``);
+    * exponents and subscripts are not values (``72 m^2``, ``m^{2}``, ``x_1``), nor is a number
+      glued to a ``/`` that did not make a fraction (``3/4/2020`` is a date, no number) or to a
+      digit and dot (``1.2.3``);
+    * a whole number followed by a proper fraction is a mixed number (``2 1/2`` and
+      ``2\\frac{1}{2}`` are 2.5, as math-verify also reads the LaTeX form);
+    * a fraction with denominator 0 is no number, nor is a token of over 200 characters.
+
+    ``%``/``\\%`` and trailing words or units are simply not part of the token (``50%`` -> 50,
+    ``5 km/h`` -> 5, ``3 cm²`` -> 3).
+    """
+    out: list[tuple[int, int, Fraction, bool]] = []  # (start, end, value, is a plain integer)
+    for m in _NUMBER_RE.finditer(text, start, len(text) if end is None else end):
+        i, lead, plain = m.start(), m.group("lead") or "", m.group("num")
+        neg = "-" in lead or "\u2212" in lead
+        if lead and lead[0] in "-\u2212" and i > 0:
+            before = text[i - 1]
+            if before.isalnum() or before in "._)]}":
+                if before.isalpha():
+                    continue  # "COVID-19", "x-2": the number belongs to the word
+                neg, i = False, i + 1  # "5-7": a range or a subtraction, the 7 is positive
+        if plain is not None and (_ORDINAL_RE.match(text, m.end())
+                                  or _SLASH_DIGIT_RE.match(text, m.end())):
+            continue
+        if m.end() - m.start() > _MAX_NUMBER_CHARS:
+            continue  # a digit run this long is no answer (and int() refuses > 4300 digits)
+        value = _token_value(m)
+        if value is None:
+            continue
+        if neg:
+            value = -value
+        if plain is None and not lead and 0 < value < 1 and out and out[-1][3]:
+            gap = text[out[-1][1]:i]
+            latex = m.group("ln") is not None or m.group("ln1") is not None
+            mixed = gap == " " or (latex and gap == "")
+        else:
+            mixed = False
+        if mixed:
+            s, _, w, _ = out.pop()  # "2 1/2", "2\\frac{1}{2}": 2.5; "-2 1/2": -2.5
+            out.append((s, m.end(), w - value if w < 0 else w + value, False))
+            continue
+        if i > 0 and _glued_left(text, i):
+            continue
+        whole = plain is not None and plain.isdigit()
+        out.append((i, m.end(), value, whole))
+    return [(s, v) for s, _, v, _ in out]
+
+
+def _glued_left(text: str, i: int) -> bool:
+    """Whether the number starting at ``text[i]`` is glued to what precedes it (see _numbers)."""
+    c = text[i - 1]
+    if c.isalpha():
+        j = i - 1
+        while j > 0 and text[j - 1].isalpha():
+            j -= 1
+        return not (j > 0 and text[j - 1] == "\\")  # letters of a LaTeX command do not glue
+    if c.isdigit() or c in "^_/":
+        return True
+    if c == "{" and i >= 2 and text[i - 2] in "^_":
+        return True
+    return c == "." and i >= 2 and text[i - 2].isdigit()
+
+
+def _token_value(m: re.Match) -> Fraction | None:
+    if m.group("num") is not None:
+        return _fraction(m.group("num"))
+    num = m.group("fn") or m.group("ln") or m.group("ln1")
+    den = m.group("fd") or m.group("ld") or m.group("ld1")
+    n, d = _fraction(num), _fraction(den)
+    return None if d == 0 else n / d
+
+
+def _fraction(s: str) -> Fraction:
+    return Fraction(s.replace(",", ""))  # exact: Fraction("0.1") is 1/10, not a float
+
+
+def _canonical(value: Fraction) -> str:
+    """Normal form of a gsm8k value: an integer (``12``), a terminating decimal without trailing
+    zeros (``0.75``, ``-1234.5``), or, when the decimal does not terminate, the reduced fraction
+    ``p/q`` (``1/3``, ``-2/3``), so every value has exactly one normal form."""
+    p, q = value.numerator, value.denominator
+    if q == 1:
+        return str(p)
+    twos = fives = 0
+    r = q
+    while r % 2 == 0:
+        r, twos = r // 2, twos + 1
+    while r % 5 == 0:
+        r, fives = r // 5, fives + 1
+    if r != 1:
+        return f"{p}/{q}"
+    k = max(twos, fives)  # smallest k with value * 10**k an integer, so no trailing zeros
+    digits = str(abs(p) * (10**k // q)).rjust(k + 1, "0")
+    return f"{'-' if p < 0 else ''}{digits[:-k]}.{digits[-k:]}"
+
+
+def first_number(text: str) -> str | None:
+    """Normal form of the first number in ``text`` (the gsm8k number rules), or None.
+
+    This is how a gold answer is read: ``18 (9 each)`` -> ``18``, ``$1,200`` -> ``1200``.
+    """
+    nums = _numbers(_prep(text))
+    return _canonical(nums[0][1]) if nums else None
+
+
+def _box_value(content: str) -> str | None:
+    # A box holds one expression; "x = 5" or "3 \times 6 = 18" states its value after the last "=".
+    nums = _numbers(content.rsplit("=", 1)[-1])
+    return _canonical(nums[0][1]) if nums else None
 
 
 def _extract_gsm8k(text: str) -> str | None:
-    cut = text.rfind(_GSM8K_MARK)
+    t = _prep(text)
+    boxed = _last_boxed(t)
+    if boxed is _UNCLOSED:
+        return None  # the final answer was cut off; an earlier box or number is not it
+    if boxed is not None:
+        # The box is the model's declared answer: it beats any number after it (a check like
+        # "\boxed{18}. Check: 18 * 2 = 36"), and a box without a number is no answer.
+        return _box_value(boxed)
+    cut = t.rfind(_GSM8K_MARK)
     if cut >= 0:
-        # GSM8K convention: the final answer follows the last "####"; nothing numeric there
-        # means the answer line is broken, not that an earlier number is the answer.
-        m = _NUMBER_RE.search(text, cut + len(_GSM8K_MARK))
-        return _canonical_number(m.group()) if m else None
-    matches = _NUMBER_RE.findall(text)
-    return _canonical_number(matches[-1]) if matches else None
+        # GSM8K convention "#### N": the first number after the last "####"; nothing numeric
+        # there means the answer line is broken, not that an earlier number is the answer.
+        nums = _numbers(t, cut + len(_GSM8K_MARK))
+        return _canonical(nums[0][1]) if nums else None
+    nums = _numbers(t)
+    if not nums:
+        return None
+    starts = {s: v for s, v in nums}
+    for m in reversed(list(_ANSWER_IS_RE.finditer(t))):
+        if m.end() in starts:
+            return _canonical(starts[m.end()])
+    return _canonical(nums[-1][1])
+
+
+def _gold_gsm8k(gold: str) -> str | None:
+    """Normal form of a gsm8k gold (the gold rule of the module docstring). The FIRST number,
+    not the last, because a remark after the answer (``#### 18 (9 each)``) is not the answer."""
+    t = _prep(gold)
+    boxed = _last_boxed(t)
+    if boxed is _UNCLOSED:
+        return None
+    if boxed is not None:
+        return _box_value(boxed)
+    cut = t.rfind(_GSM8K_MARK)
+    return first_number(t[cut + len(_GSM8K_MARK):] if cut >= 0 else t)
 
 
 def _normalise(answer: str, fmt: str) -> str | None:
-    """Normal form of a synthetic/gsm8k answer or gold string (idempotent on normal forms)."""
+    """Normal form of a synthetic/gsm8k answer (idempotent on normal forms). For gsm8k this is
+    the completion rule; gold strings go through :func:`_gold_gsm8k` instead."""
     s = answer.strip()
     if fmt == "synthetic":
         if _INT_RE.fullmatch(s):

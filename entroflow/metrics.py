@@ -11,15 +11,16 @@ For one prompt with n sampled completions of which c are correct:
   correct sample).
 * avg@k = (1/k) * sum_{j<k} correct_j, the accuracy of the first k samples (sample_idx order).
 * maj@k = correct(mode of the first k answers): answers are clustered by semantic equivalence
-  (:func:`entroflow.answers.cluster_answers`), unparsed answers (None) never vote, the largest
-  cluster wins with ties going to the cluster that occurs first, and the vote is correct when the
-  winning cluster's first answer is. No parsed answer at all counts as wrong. This is
-  self-consistency (Wang et al. 2023).
+  (:func:`entroflow.answers.cluster_answers`), unparsed answers (None, or a blank string) never
+  vote, the largest cluster wins with ties going to the cluster that occurs first, and the vote
+  is correct when the winning cluster's first answer is. No parsed answer at all counts as wrong.
+  This is self-consistency (Wang et al. 2023).
 
 Across prompts every metric is the unweighted mean over prompts. :func:`summarise` also reports
 
 * greedy_acc = mean over greedy rows of correct; sampled_acc = mean over all sampled rows;
-* parse_rate = fraction of all rows (greedy and sampled) whose answer is not null;
+* parse_rate = fraction of all rows (greedy and sampled) whose answer is not null or blank (the
+  same "no answer" as the vote's);
 * mean_length = mean n_tokens over all rows;
 * mean_token_entropy = sum_r n_r * H_r / sum_r n_r over all rows, where H_r is the row's mean
   per-token entropy, i.e. the mean entropy over all generated tokens (rows with no tokens or no
@@ -73,7 +74,7 @@ def avg_at_k(correct_flags: Sequence[bool], k: int) -> float:
 def majority_correct(
     answers: Sequence[str | None], correct_flags: Sequence[bool], fmt: str
 ) -> bool:
-    """Whether the majority (most common clustered, non-None) answer is correct.
+    """Whether the majority (most common clustered, non-None, non-blank) answer is correct.
 
     Ties go to the cluster whose first member comes first; cluster ids are numbered in order of
     first occurrence, so that is the smallest id among the largest clusters.
@@ -143,7 +144,8 @@ def summarise(table: pa.Table, ks: list[int], fmt: str) -> dict[str, float]:
     # After the loop maj_by_prompt holds maj@kmax, the largest k evaluated.
 
     n_rows = table.num_rows
-    out["parse_rate"] = sum(a is not None for a in col["answer"]) / n_rows if n_rows else math.nan
+    parsed = sum(a is not None and a.strip() != "" for a in col["answer"])
+    out["parse_rate"] = parsed / n_rows if n_rows else math.nan
     lengths = [n for n in col["n_tokens"] if n is not None]
     out["mean_length"] = _mean(lengths)
     weighted = [

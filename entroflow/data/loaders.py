@@ -11,8 +11,10 @@ Hugging Face layout ``test-00000-of-00001.parquet``), only the files whose name 
 Formats:
 
 * GSM8K: ``question``, ``answer``; the worked solution ends in ``#### <final answer>``. The final
-  answer is normalised by dropping thousands separators and surrounding spaces
-  (``#### 1,200`` -> ``1200``).
+  answer is the FIRST number after the last ``####``, in the gsm8k normal form of
+  :mod:`entroflow.answers` (``#### 1,200`` -> ``1200``, ``#### 18 (9 each)`` -> ``18``); a
+  ``####`` line without a number (``#### none``) is malformed, since no prediction could ever
+  match it.
 * MATH: ``problem``, ``solution`` and optionally ``level`` (``"Level 3"``) and ``type``; the final
   answer is the content of the last ``\\boxed{...}`` (braces balanced, so
   ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``; ``\\fbox{...}`` and ``\\boxed 5`` are accepted
@@ -24,7 +26,9 @@ the dataset's worked solution, ``style`` is ``worked``, ``n_operands``/``n_digit
 own ``id``/``unique_id`` when present, else ``gsm8k-000001``-style positions over all files.
 
 Malformed input raises ``ValueError`` with a one-line message that names the file and the line
-(JSONL) or row (Parquet), so a broken download is found without a debugger.
+(JSONL) or row (Parquet), so a broken download is found without a debugger. A file with no rows
+(empty, blank lines only, an empty Parquet table) is malformed too: a silently empty evaluation
+set would report NaN metrics instead of the broken download.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from entroflow.answers import first_number
 from entroflow.data.reasoning import SCHEMA
 
 SUFFIXES = (".jsonl", ".parquet")
@@ -55,21 +60,21 @@ def load_math(path: str | Path, split: str = "test") -> pa.Table:
 
 def check(path: str | Path, fmt: str, split: str = "test") -> int:
     """Load ``path`` as ``fmt`` (gsm8k | math) and return its row count; ``ValueError`` (one line
-    naming the file and line) when it is malformed or holds no rows. Config validation calls it,
-    so a bad file stops a run before anything is written."""
-    table = (load_gsm8k if fmt == "gsm8k" else load_math)(path, split)
-    if table.num_rows == 0:
-        raise ValueError(f"{path}: no rows (an empty file, or blank lines only)")
-    return table.num_rows
+    naming the file and line) when it is malformed or holds no rows (the loaders raise both).
+    Config validation calls it, so a bad file stops a run before anything is written."""
+    return (load_gsm8k if fmt == "gsm8k" else load_math)(path, split).num_rows
 
 
 def gsm8k_final_answer(solution: str) -> str | None:
-    """The normalised answer after the last ``#### `` marker, or None if there is none."""
+    """The first number after the last ``####`` marker in gsm8k normal form (``#### 18 (9 each)``
+    -> ``18``), or None if there is no marker or no number after it.
+
+    The same rule as the gold side of :func:`entroflow.answers.is_correct`, so the stored answer
+    and a re-read of the full solution always agree."""
     marker = solution.rfind("####")
     if marker < 0:
         return None
-    answer = solution[marker + 4:].strip().replace(",", "")
-    return answer or None
+    return first_number(solution[marker + 4:])
 
 
 def last_boxed(solution: str) -> str | None:
@@ -100,7 +105,13 @@ def last_boxed(solution: str) -> str | None:
 def _gsm8k_row(rec: dict, where: str) -> dict:
     answer = gsm8k_final_answer(rec["answer"])
     if answer is None:
-        raise ValueError(f"{where}: no final answer after '#### ' in field 'answer'")
+        marker = rec["answer"].rfind("####")
+        if marker < 0:
+            raise ValueError(f"{where}: no final answer after '#### ' in field 'answer'")
+        tail = rec["answer"][marker:].strip()
+        tail = tail if len(tail) <= 40 else tail[:37] + "..."
+        # repr keeps the message on one line whatever the field holds
+        raise ValueError(f"{where}: no number after '####' in field 'answer': {tail!r}")
     return {"question": rec["question"], "solution": rec["answer"], "answer": answer, "level": 0}
 
 
@@ -121,6 +132,7 @@ def _load(path: str | Path, split: str, source: str, fields: tuple[str, str],
           parse: Callable[[dict, str], dict]) -> pa.Table:
     rows = []
     for file in _files(Path(path), split):
+        n_before = len(rows)
         for where, rec in _records(file):
             for f in fields:
                 if f not in rec:
@@ -136,6 +148,9 @@ def _load(path: str | Path, split: str, source: str, fields: tuple[str, str],
                 "solution": parsed["solution"], "completion": parsed["solution"],
                 "style": "worked", "answer": parsed["answer"], "source": source,
             })
+        if len(rows) == n_before:
+            what = "an empty table" if file.suffix == ".parquet" else "empty, or blank lines only"
+            raise ValueError(f"{file}: no rows ({what})")
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
