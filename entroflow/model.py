@@ -142,20 +142,30 @@ def pretrain(
 
 
 def resolve_model_dir(stage_dir: Path) -> Path:
-    """The Hugging Face directory a ``pretrain_base`` output points at: its own ``model/`` or, for
-    ``source: pretrained``, the external directory recorded in ``model_ref.json``."""
-    ref = stage_dir / "model_ref.json"
-    if ref.exists():
-        return Path(json.loads(ref.read_text())["path"])
+    """The Hugging Face directory of a model stage's output (``pretrain_base``, ``import_model``,
+    ``train_rl``): its ``model/``."""
     return stage_dir / "model"
 
 
-def load_model(model_dir: Path, dtype: torch.dtype = torch.float32):
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def runtime_device(device: str = "auto") -> str:
+    """``auto``: CUDA when this machine has it, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device is 'cuda' but this machine has no CUDA device")
+    return device
+
+
+def load_model(model_dir: Path, dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
     """Load a causal LM and its tokenizer from a local directory (never from a hub)."""
     from transformers import AutoModelForCausalLM
 
     from entroflow.tokenizer import load as load_tokenizer
 
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
-    model.eval()
+    model.to(runtime_device(device)).eval()
     return model, load_tokenizer(model_dir)

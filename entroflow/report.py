@@ -82,14 +82,32 @@ def render(ctx: dict) -> str:
     lines += ["## Stages", "", "| stage | key | rows | duration (s) |", "|---|---|---|---|"]
     for s in ctx["stages"]:
         lines.append(f"| {s['stage']} | `{s['key'][:12]}` | {s.get('rows') or ''} | {s['duration_s']:.1f} |")
-    pm = ctx["pretrain_base"]["metrics"]
-    if pm.get("parameters"):
+    pm = ctx["model"]["metrics"]
+    src = ctx.get("model_source")
+    if src:
+        origin = (f"the PyPI package `{src['package']}` {src['package_version']}" if src["source"] == "package"
+                  else f"`{src['path']}`")
+        lines += ["", "## Base model", "",
+                  f"{src['name'] or src['file']} ({src['architecture']}, {int(src['parameters']):,} parameters, "
+                  f"{src['layers']} layers, hidden {src['hidden_size']}, vocabulary {src['vocab_size']:,}), imported "
+                  f"from {origin} (`{src['file']}`" + (f", sha256 `{src['sha256'][:16]}`" if src.get("sha256") else "")
+                  + ") and saved as fp32 safetensors."]
+        p = ctx.get("prompt") or {}
+        chat = p.get("chat_template", "auto")
+        chat_on = chat == "on" or (chat == "auto" and src["chat_template"])
+        lines += ["", "Prompts: " + (f"the tokenizer's chat template (system prompt: "
+                                     f"{'the template default' if p.get('system') is None else repr(p['system'])})"
+                                     if chat_on else "plain text, no chat template")
+                  + (f", user message `{p['template']}`" if p.get("template", "{prompt}") != "{prompt}" else "") + "."]
+    elif pm.get("parameters"):
         lines += ["", "## Base model", "",
                   f"Qwen2, {int(pm['parameters']):,} parameters (unique weights: the input embedding and the "
                   f"output head are tied and counted once), trained from scratch: final loss "
                   f"{pm['final_loss']:.4f}, {pm['train_seconds']:.0f} s at {pm['tokens_per_s']:,.0f} tokens/s.",
                   "", "![loss](loss.png)"]
-    lines += ["", "## Evaluation (held-out test split)", "",
+    data = {"reasoning": "the arithmetic problems", "word_problems": "the generated GSM8K-style word problems",
+            "external": "the external dataset"}.get(ctx.get("eval_table", "reasoning"), "")
+    lines += ["", f"## Evaluation (held-out test split of {data})", "",
               "| metric | value |", "|---|---|"]
     for k in ("greedy_acc", "sampled_acc", *[f"avg@{k}" for k in ctx["ks"]], *[f"pass@{k}" for k in ctx["ks"]],
               *[f"maj@{k}" for k in ctx["ks"]], "parse_rate", "mean_token_entropy", "mean_length",
@@ -107,7 +125,7 @@ def render(ctx: dict) -> str:
         lines.append(f"| {ctx['level_labels'].get(level, level)} | {v['n']} | {_pct(v['greedy'])} | "
                      f"{_pct(v['sampled'])} | {_pct(v[f'maj@{kmax}'])} |")
     lines += ["", "![levels](levels.png)", "", "![entropy](entropy.png)", "", "## Targets", ""]
-    if greedy is not None:
+    if greedy is not None and not src:  # the window is the tiny world's design target
         inside = lo <= greedy <= hi
         lines.append(f"- Greedy accuracy {_pct(greedy)} is {'inside' if inside else 'OUTSIDE'} the "
                      f"{_pct(lo)}-{_pct(hi)} window that leaves room for RL.")

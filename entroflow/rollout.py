@@ -28,6 +28,14 @@ probability exactly ``q_v``). The trick turns sampling into a deterministic func
 noise, which is what makes completions reproducible and independent of batch composition (below).
 ``temperature == 0`` is greedy decoding: ``argmax`` of the processed logits.
 
+Prompts
+-------
+A dataset prompt becomes the model's input through a :class:`PromptFormat`: ``template`` wraps
+it (``{prompt}``: unchanged), and for an instruct model the text becomes the user message of the
+tokenizer's chat template, with the generation prompt appended. The row's ``prompt`` column is
+that exact input text and ``prompt_token_ids`` its exact tokens, which the RL trainer reuses as
+they are (it never re-tokenises).
+
 Per generated token the engine records:
 
 * ``logprobs``: ``log q(token)``, the log-probability of the chosen token under the sampling
@@ -73,7 +81,7 @@ SCHEMA = pa.schema(
         pa.field("sample_idx", pa.int32(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),  # sample_seed(params.seed, prompt_id, sample_idx)
         pa.field("prompt", pa.string(), nullable=False),
-        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # incl. <bos>
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # exactly what the model read (incl. <bos> or chat markup)
         pa.field("token_ids", pa.list_(pa.int32()), nullable=False),  # generated, incl. <eos> if emitted
         pa.field("text", pa.string(), nullable=False),  # decoded token_ids, special tokens skipped
         pa.field("logprobs", pa.list_(pa.float32()), nullable=False),  # log q(token) per token
@@ -117,6 +125,44 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a dataset prompt becomes the model's input text and tokens.
+
+    ``text = template.format(prompt=prompt)``; with ``chat`` that text is the user message (after
+    a ``system`` message when one is given; None keeps the template's own default) and the
+    tokenizer's chat template renders the conversation with the generation prompt. A rendered
+    chat prompt already holds its special tokens, so it is tokenised with
+    ``add_special_tokens=False``, exactly as ``apply_chat_template(tokenize=True)`` does (a
+    tokenizer that also adds ``<bos>`` would otherwise double it); a plain prompt gets the
+    tokenizer's own special tokens (the tiny world's ``<bos>``).
+    """
+
+    template: str = "{prompt}"
+    chat: bool = False
+    system: str | None = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, chat_template: str = "auto", system: str | None = None,
+                      template: str = "{prompt}") -> "PromptFormat":
+        """``chat_template``: ``auto`` (on when the tokenizer has one), ``on`` or ``off``."""
+        has = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template == "on" and not has:
+            raise ValueError("prompt.chat_template is 'on' but the model's tokenizer has no chat template")
+        return cls(template=template, chat=has if chat_template == "auto" else chat_template == "on", system=system)
+
+    def render(self, tokenizer, prompt: str) -> str:
+        text = self.template.format(prompt=prompt)
+        if not self.chat:
+            return text
+        messages = [{"role": "system", "content": self.system}] if self.system is not None else []
+        messages.append({"role": "user", "content": text})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, tokenizer, texts: list[str]) -> list[list[int]]:
+        return tokenizer(list(texts), add_special_tokens=not self.chat)["input_ids"] if texts else []
 
 
 @runtime_checkable
@@ -310,16 +356,18 @@ class HFRolloutEngine:
     ``lean=False``) it calls the Hugging Face model with a ``DynamicCache``. Both compute the same
     distribution; tests check equal tokens and log-probs.
 
-    The model is moved to ``device`` and put in eval mode (in place).
+    The model is moved to ``device`` and put in eval mode (in place). ``prompt_format`` turns
+    dataset prompts into model input (default: unchanged, with the tokenizer's special tokens).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 256, device: str | torch.device = "cpu",
-                 lean: bool | None = None):
+                 lean: bool | None = None, prompt_format: PromptFormat | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.prompt_format = prompt_format or PromptFormat()
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_id = tokenizer.eos_token_id
@@ -349,14 +397,16 @@ class HFRolloutEngine:
     ) -> pa.Table:
         """Sample ``params.n`` completions of every prompt; one :data:`SCHEMA` row each.
 
-        ``prompt_ids`` name the prompts and, with ``params.seed`` and the sample index, fix each
+        ``prompts`` are dataset prompts; the engine's :class:`PromptFormat` renders them, and the
+        rows hold the rendered text and its tokens. ``prompt_ids`` name the prompts and, with ``params.seed`` and the sample index, fix each
         completion's seed; equal ids give equal seeds. Rows come back in (prompt order,
         sample_idx) order whatever the internal batching.
         """
         if len(prompts) != len(prompt_ids):
             raise ValueError(f"{len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
         t0 = time.perf_counter()
-        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []
+        prompts = [self.prompt_format.render(self.tokenizer, p) for p in prompts]
+        encoded = self.prompt_format.encode(self.tokenizer, prompts)
         for pid, ids in zip(prompt_ids, encoded):
             if not ids:
                 raise ValueError(f"prompt {pid!r} tokenises to no tokens")

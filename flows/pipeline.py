@@ -1,4 +1,5 @@
-"""The spine DAG: generate_data -> build_tokenizer -> pretrain_base -> rollout -> evaluate -> report,
+"""The spine DAG: generate_data -> build_tokenizer -> pretrain_base -> rollout -> evaluate -> report
+(for a pretrained model, ``import_model`` takes the place of build_tokenizer and pretrain_base),
 followed by the ``reasoning`` RL comparison (flows/reasoning.py) when the config has an ``rl``
 section.
 
@@ -31,6 +32,7 @@ from tasks._stage import Stage  # noqa: E402
 from tasks.build_tokenizer import build_tokenizer  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.generate_data import generate_data  # noqa: E402
+from tasks.import_model import import_model  # noqa: E402
 from tasks.pretrain_base import pretrain_base  # noqa: E402
 from tasks.report import report  # noqa: E402
 from tasks.rollout import rollout  # noqa: E402
@@ -44,8 +46,34 @@ class Node:
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
 
 
+# A parent that is the base model: pretrain_base for model.source scratch, else import_model.
+BASE_MODEL = "<base model>"
+
+
+def upstream(cfg: PipelineConfig, up: str) -> str:
+    return cfg.base_stage() if up == BASE_MODEL else up
+
+
 def _scratch(cfg: PipelineConfig) -> bool:
     return cfg.model.source == "scratch"
+
+
+def rollout_section(cfg: PipelineConfig, seed: int, em_inf: dict | None = None, spine: bool = False) -> dict:
+    """The keyed section of a rollout: the decoding settings, the prompt format and how the model
+    runs. The spine's rollout keeps the config's own ``rollout.em_inf``; the reasoning flow sets
+    it per evaluation (None for the plain base, so the base at the spine's seed is the spine's)."""
+    d = cfg.model_dump(mode="json")
+    rollout = d["rollout"] if spine else {**d["rollout"], "em_inf": em_inf}
+    return {"seed": seed, "rollout": rollout, "prompt": d["prompt"], "runtime": runtime_section(cfg, dtype=True)}
+
+
+def runtime_section(cfg: PipelineConfig, dtype: bool) -> dict:
+    """How a stage runs the model (keyed: bf16 decoding gives other samples than fp32)."""
+    return {"device": cfg.model.device, **({"dtype": cfg.model.dtype} if dtype else {})}
+
+
+MODEL_SIZE_KEYS = ("source", "hidden_size", "layers", "heads", "intermediate_size", "max_positions")
+MODEL_SOURCE_KEYS = ("source", "package", "file", "path")
 
 
 def _files(cfg: PipelineConfig, prefix: str) -> dict:
@@ -63,15 +91,17 @@ DAG: list[Node] = [
                                           **_files(c, "data.")}),
     Node(build_tokenizer, {"generate_data": "generate_data"}, lambda c, d: {"tokenizer": d["tokenizer"]}, _scratch),
     Node(pretrain_base, {"generate_data": "generate_data", "build_tokenizer": "build_tokenizer"},
-         lambda c, d: {"seed": c.seed, "model": d["model"],
-                       "pretrain": d["pretrain"] if c.model.source == "scratch" else None, **_files(c, "model.")}),
-    Node(rollout, {"generate_data": "generate_data", "model": "pretrain_base"},
-         lambda c, d: {"seed": c.seed, "rollout": d["rollout"]}),
+         lambda c, d: {"seed": c.seed, "model": {k: d["model"][k] for k in MODEL_SIZE_KEYS},
+                       "pretrain": d["pretrain"]}, _scratch),
+    Node(import_model, {}, lambda c, d: {"model": {k: d["model"][k] for k in MODEL_SOURCE_KEYS}, **_files(c, "model.")},
+         lambda c: not _scratch(c)),
+    Node(rollout, {"generate_data": "generate_data", "model": BASE_MODEL},
+         lambda c, d: rollout_section(c, c.seed, spine=True)),
     Node(evaluate, {"generate_data": "generate_data", "rollout": "rollout"}, lambda c, d: {"evaluate": d["evaluate"]}),
-    Node(report, {"generate_data": "generate_data", "pretrain_base": "pretrain_base", "rollout": "rollout",
+    Node(report, {"generate_data": "generate_data", "model": BASE_MODEL, "rollout": "rollout",
                   "evaluate": "evaluate"},
          lambda c, d: {"name": c.name, "config_hash": provenance.config_hash(d), "report": d["report"],
-                       "evaluate": d["evaluate"], "rollout": d["rollout"]}),
+                       "evaluate": d["evaluate"], "rollout": d["rollout"], "prompt": d["prompt"]}),
 ]
 
 
@@ -80,13 +110,13 @@ STAGE_NAMES = [n.stage.name for n in DAG]
 assert tuple(STAGE_NAMES) == PIPELINE_STAGES[: len(STAGE_NAMES)], "keep entroflow.config.PIPELINE_STAGES in step"
 
 
-def forced_closure(force: list[str]) -> set[str]:
+def forced_closure(cfg: PipelineConfig, force: list[str]) -> set[str]:
     """The forced stages and labels, plus the spine stages downstream of them (the reasoning
     flow's stages downstream of a recomputed one are forced by :class:`Runner` as they run)."""
     check_stage_names(force)
     out = set(force)
     for node in DAG:
-        if any(p in out for p in node.parents.values()):
+        if any(upstream(cfg, p) in out for p in node.parents.values()):
             out.add(node.stage.name)
     return out
 
@@ -96,17 +126,17 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
     whether it would be Cached, and why (used by ``entroflow stages``)."""
     d = cfg.model_dump(mode="json")
     store = Store(workspace.store_root())
-    forced = forced_closure(list(force))
+    forced = forced_closure(cfg, list(force))
     refs: dict[str, dict | None] = {}
     rows = []
     for node in DAG:
         name = node.stage.name
-        after = ", ".join(node.parents.values()) or "-"
-        if not node.enabled(cfg):
-            rows.append({"stage": name, "after": after, "status": "skipped", "why": "disabled by config", "key": ""})
+        ups = {alias: upstream(cfg, up) for alias, up in node.parents.items()}
+        after = ", ".join(ups.values()) or "-"
+        if not node.enabled(cfg):  # the other way to the base model (pretraining or import): not part of this run
             continue
-        parents = {alias: refs.get(up) for alias, up in node.parents.items() if up in refs}
-        waiting = [up for alias, up in node.parents.items() if up in refs and refs[up] is None]
+        parents = {alias: refs.get(up) for alias, up in ups.items() if up in refs}
+        waiting = [up for alias, up in ups.items() if up in refs and refs[up] is None]
         section = node.section(cfg, d)
         if waiting:
             refs[name] = None
@@ -121,9 +151,9 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
         refs[name] = ref.model_dump() if ref else None
         rows.append({"stage": name, "after": after, "status": "cached" if ref else "run", "key": key, "why": why})
     if cfg.rl is not None:
-        if refs.get("generate_data") is None or refs.get("pretrain_base") is None:
-            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "after": "pretrain_base",
-                         "status": "pending", "key": "?", "why": _waiting(["generate_data or pretrain_base"])})
+        if refs.get("generate_data") is None or refs.get(cfg.base_stage()) is None:
+            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "after": cfg.base_stage(),
+                         "status": "pending", "key": "?", "why": _waiting([f"generate_data or {cfg.base_stage()}"])})
         else:
             from flows.reasoning import run_reasoning
 
@@ -219,7 +249,7 @@ def run_meta(cfg: PipelineConfig, flow: str, **extra) -> dict:
     """What a user groups and filters child runs by in the MLflow UI, the same keys in every
     flow: flow, method, seed, model (the label of the model the stage reads or trains) and its
     source. Logged as params and tags of each child run (see tracking.log_stage)."""
-    return {"flow": flow, "method": "base", "seed": cfg.seed, "model": "pretrain_base",
+    return {"flow": flow, "method": "base", "seed": cfg.seed, "model": cfg.base_stage(),
             "model_source": cfg.model.source, **extra}
 
 
@@ -276,7 +306,7 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
     {label: {"state", "ref", "seconds", "stage"}, "report_path", "mlflow_parent_run_id"}."""
     cfg = load_config(config_path, overrides or [])
     d = cfg.model_dump(mode="json")
-    forced = forced_closure(force or [])
+    forced = forced_closure(cfg, force or [])
     store = Store(workspace.store_root())
     store.clean_tmp()
     c = tracking.client()
@@ -302,9 +332,10 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
     try:
         for node in DAG:
             if node.enabled(cfg):
-                parents = {alias: refs[up] for alias, up in node.parents.items() if up in refs}
+                ups = {alias: upstream(cfg, up) for alias, up in node.parents.items()}
+                parents = {alias: refs[up] for alias, up in ups.items() if up in refs}
                 refs[node.stage.name] = runner.run(node.stage, node.section(cfg, d), parents,
-                                                   parent_labels=[up for up in node.parents.values()])
+                                                   parent_labels=list(ups.values()))
         if cfg.rl is not None:
             from flows.reasoning import run_reasoning
 

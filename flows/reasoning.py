@@ -13,7 +13,7 @@ from __future__ import annotations
 
 
 from entroflow.config import PipelineConfig
-from flows.pipeline import run_meta
+from flows.pipeline import rollout_section, run_meta, runtime_section
 from tasks.compare import compare
 from tasks.evaluate import evaluate
 from tasks.generate_data import read_world
@@ -28,7 +28,8 @@ KEY_HYPERPARAMETERS = ("reward", "advantage", "loss_agg", "eps_low", "eps_high",
 def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
     d = cfg.model_dump(mode="json")
     rl = cfg.rl
-    data, base = refs["generate_data"], refs["pretrain_base"]
+    base_label = cfg.base_stage()
+    data, base = refs["generate_data"], refs[base_label]
     fmt = read_world(runner.store.resolve(data))["answer_format"]
     parents: dict[str, dict] = {}
     labels: list[str] = []
@@ -37,7 +38,7 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
                        meta: dict | None = None) -> dict:
         tag = f"{name},s{seed}"
         meta = {**run_meta(cfg, "reasoning", method=name, seed=seed, model=model_label), **(meta or {})}
-        r = runner.run(rollout, {"seed": seed, "rollout": {**d["rollout"], "em_inf": em_inf}},
+        r = runner.run(rollout, rollout_section(cfg, seed, em_inf),
                        {"generate_data": data, "model": model_ref}, label=f"rollout[{tag}]",
                        parent_labels=["generate_data", model_label], meta=meta)
         e = runner.run(evaluate, {"evaluate": d["evaluate"]}, {"generate_data": data, "rollout": r},
@@ -46,9 +47,9 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
         return e
 
     for seed in rl.seeds:
-        parents[f"evaluate/base/{seed}"] = evaluate_model(base, "pretrain_base", seed, "base")
+        parents[f"evaluate/base/{seed}"] = evaluate_model(base, base_label, seed, "base")
         if rl.eval_em_inf:
-            parents[f"evaluate/base+em_inf/{seed}"] = evaluate_model(base, "pretrain_base", seed, "base+em_inf",
+            parents[f"evaluate/base+em_inf/{seed}"] = evaluate_model(base, base_label, seed, "base+em_inf",
                                                                      em_inf=d["rl"]["em_inf"])
         for method in rl.methods:
             label = f"train_rl[{method},s{seed}]"
@@ -57,10 +58,11 @@ def run_reasoning(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
             # names, also on its rollout/evaluate runs: the UI then splits evaluations by them.
             hp = {f"train.{k}": train_cfg[k] for k in KEY_HYPERPARAMETERS if k in train_cfg}
             meta = run_meta(cfg, "reasoning", method=method, seed=seed, model=label, **hp)
-            t = runner.run(train_rl, {"seed": seed, "train": train_cfg},
+            t = runner.run(train_rl, {"seed": seed, "train": train_cfg, "prompt": d["prompt"],
+                                      "runtime": runtime_section(cfg, dtype=False)},
                            {"generate_data": data, "model": base}, label=label,
-                           parent_labels=["generate_data", "pretrain_base"],
-                           meta={**meta, "model": "pretrain_base"})
+                           parent_labels=["generate_data", base_label],
+                           meta={**meta, "model": base_label})
             labels.append(label)
             parents[f"train/{method}/{seed}"] = t
             parents[f"evaluate/{method}/{seed}"] = evaluate_model(t, label, seed, method, meta=meta)

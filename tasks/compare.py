@@ -35,11 +35,13 @@ def compare(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     out.table("claims", pa.Table.from_pylist(claim_rows))
     base_gain = summary.get(compare_lib.BASE, {}).get("self_consistency_gain")
     compare_lib.plot_accuracy(summary, models, kmax, out.dir / "accuracy.png")
-    compare_lib.plot_curves(histories, curves, out.dir / "curves.png")
+    if methods:  # training curves; a run without RL methods has none
+        compare_lib.plot_curves(histories, curves, out.dir / "curves.png")
     (out.dir / "comparison.md").write_text(
         compare_lib.render(summary, training, claim_rows, models, kmax, len(config["rl"]["seeds"]), base_gain,
                            settings=compare_lib.method_settings(methods, config["rl"]["train"],
-                                                                config["rl"]["per_method"])))
+                                                                config["rl"]["per_method"]),
+                           temperature=config["rollout"]["temperature"]))
     for model, s in summary.items():
         out.log(**{f"{model}/sampled_acc": s["sampled_acc"][0], f"{model}/greedy_acc": s["greedy_acc"][0],
                    f"{model}/maj_acc": s["maj_acc"][0]})

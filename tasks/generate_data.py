@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from entroflow.data import grammar, kg, loaders, ood, reasoning
+from entroflow import answers
+from entroflow.data import grammar, kg, loaders, ood, reasoning, word_problems
 from tasks._stage import StageOutput, stage
 
 
@@ -15,11 +16,13 @@ WORLD_FILE = "world.json"  # answer format and which table is evaluated, for the
 # What the stages downstream read of this output (their ``reads=``): the pretraining texts, and
 # the evaluated problems. A change elsewhere (the OOD suites, say) leaves those stages cached.
 PRETRAINING_FILES = ("reasoning.parquet", "corpus.parquet", "kg_facts.parquet")
-EVAL_FILES = (WORLD_FILE, "reasoning.parquet", "external.parquet")
+EVAL_FILES = (WORLD_FILE, "reasoning.parquet", "word_problems.parquet", "external.parquet")
 
 
 def read_world(data_dir: Path) -> dict:
-    """``{"answer_format": ..., "eval_table": ...}`` of a generate_data output."""
+    """``{"answer_format", "eval_table", "eval_split"}`` of a generate_data output: the answer
+    format of the evaluated table, its name, and for an external dataset the split its
+    evaluation rows carry (None: the rollout's ``split``)."""
     return json.loads((data_dir / WORLD_FILE).read_text())
 
 
@@ -28,7 +31,7 @@ def read_eval_table(data_dir: Path, columns: list[str] | None = None) -> pa.Tabl
     return pq.read_table(data_dir / f"{read_world(data_dir)['eval_table']}.parquet", columns=columns)
 
 
-@stage("generate_data", code=[reasoning, grammar, kg, ood, loaders], main_table="reasoning.parquet")
+@stage("generate_data", code=[reasoning, grammar, kg, ood, loaders, word_problems, answers], main_table="reasoning.parquet")
 def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     seed, data = config["seed"], config["data"]
     r = data["reasoning"]
@@ -60,12 +63,37 @@ def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
     out.table("ood", ood_table)
     out.log(ood_prompts=ood_table.num_rows)
 
-    ext = data.get("external")
+    wp = data.get("word_problems")
+    if wp:
+        table = word_problems.generate(wp["levels"], wp["n_train"], wp["n_test"], seed + 4)
+        out.table("word_problems", table)
+        out.log(word_problems_train=wp["n_train"], word_problems_test=wp["n_test"])
+
+    ext, ext_train = data.get("external"), data.get("external_train")
     if ext:
         load = loaders.load_gsm8k if ext["format"] == "gsm8k" else loaders.load_math
         table = load(ext["path"], ext["split"])
-        out.table("external", table)
         out.log(external_rows=table.num_rows)
+        if ext_train:
+            # The train split's rows join the same table with split "train" (RL reads them), and
+            # ids prefixed "train/" (both files number their rows from gsm8k-000001 when they
+            # carry no ids of their own; ids key the gold answers and the sampling seeds).
+            train = load(ext_train["path"], ext_train["split"])
+            train = train.set_column(train.schema.get_field_index("split"), "split",
+                                     pa.array(["train"] * train.num_rows, pa.string()))
+            train = train.set_column(train.schema.get_field_index("id"), "id",
+                                     pa.array([f"train/{i}" for i in train["id"].to_pylist()], pa.string()))
+            overlap = set(train["prompt"].to_pylist()) & set(table["prompt"].to_pylist())
+            if overlap:
+                raise ValueError(f"data.external_train: {len(overlap)} problems also appear in data.external "
+                                 f"(e.g. {next(iter(overlap))[:60]!r}); a train split must not hold test problems")
+            out.log(external_train_rows=train.num_rows)
+            table = pa.concat_tables([table, train])
+        out.table("external", table)
+    eval_table = data.get("evaluate", "auto")
+    if eval_table == "auto":
+        eval_table = "external" if ext else "reasoning"
+    fmt = {"reasoning": "synthetic", "word_problems": "gsm8k"}.get(eval_table) or ext["format"]
     (out.dir / WORLD_FILE).write_text(json.dumps(
-        {"answer_format": ext["format"] if ext else "synthetic",
-         "eval_table": "external" if ext else "reasoning"}, indent=2))
+        {"answer_format": fmt, "eval_table": eval_table,
+         "eval_split": ext["split"] if eval_table == "external" else None}, indent=2))

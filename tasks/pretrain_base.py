@@ -1,14 +1,12 @@
-"""Stage ``pretrain_base``: train the tiny Qwen2 from scratch on the mixed corpus, or resolve a
-local pretrained Hugging Face model (``model.source: pretrained``)."""
+"""Stage ``pretrain_base``: train the tiny Qwen2 from scratch on the mixed corpus
+(``model.source: scratch``; a pretrained model comes from ``import_model`` instead)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from entroflow import model as model_lib
-from entroflow import provenance, workspace
 from entroflow import tokenizer as tok_lib
 from entroflow.progress import progress_bar
 from tasks._stage import StageOutput, stage
@@ -19,14 +17,6 @@ from tasks.build_tokenizer import corpus_texts
 @stage("pretrain_base", code=[model_lib, tok_lib], reads={"generate_data": PRETRAINING_FILES})
 def pretrain_base(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     mcfg, pcfg, seed = config["model"], config["pretrain"], config["seed"]
-    if mcfg["source"] == "pretrained":
-        path = Path(mcfg["path"]).resolve()
-        # Reference, don't copy: real checkpoints are gigabytes. The digest pins what was used; it
-        # is the one the cache key already holds (memoised, so the directory is not hashed again).
-        digest = provenance.path_digest(path, workspace.input_digest_memo())
-        (out.dir / "model_ref.json").write_text(json.dumps({"path": str(path), "digest": digest}))
-        out.log(parameters=0)
-        return
     tokenizer = tok_lib.load(parents["build_tokenizer"] / "tokenizer")
     data_dir = parents["generate_data"]
     rows = pq.read_table(data_dir / "reasoning.parquet", columns=["split", "prompt", "completion"]).to_pylist()

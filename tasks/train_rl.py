@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from entroflow import lean_lm
+from entroflow import answers, lean_lm
 from entroflow import model as model_lib
 from entroflow import rollout as rollout_lib
 from entroflow.progress import note, progress_bar
@@ -14,32 +14,36 @@ from entroflow.rl import objectives, settings
 from entroflow.rl import trainer as trainer_lib
 from tasks._stage import StageOutput, stage
 from tasks.generate_data import EVAL_FILES, read_eval_table
+from tasks.rollout import eval_problems, prompt_format
 
 LABEL_FREE_COLUMNS = ["id", "prompt"]  # what label-free methods may read of the training split
 
 
 def training_prompts(data_dir: Path, with_labels: bool) -> tuple[list[dict], list[dict]]:
-    """Train prompts (answers only when the method's reward uses labels) and held-out test
+    """Train prompts (answers only when the method's reward uses labels) and the evaluated
     prompts with answers (for the diagnostic accuracy curve, never for rewards)."""
     table = read_eval_table(data_dir)
-    split = pa.compute.equal(table["split"], "train")
     cols = LABEL_FREE_COLUMNS + (["answer"] if with_labels else [])
-    train = table.filter(split).select(cols).to_pylist()
-    test = table.filter(pa.compute.invert(split)).select(["id", "prompt", "answer"]).to_pylist()
+    train = table.filter(pa.compute.equal(table["split"], "train")).select(cols).to_pylist()
+    test = eval_problems(data_dir, "test", None).select(["id", "prompt", "answer"]).to_pylist()
     return train, test
 
 
-@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib, rollout_lib, lean_lm], reads={"generate_data": EVAL_FILES})
+@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib, rollout_lib, lean_lm, answers], reads={"generate_data": EVAL_FILES})
 def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     cfg = settings.TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
     cfg.validate()
-    model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]))
+    # train.device, unless auto, overrides model.device for this stage.
+    cfg.device = model_lib.runtime_device(cfg.device if cfg.device != "auto" else config["runtime"]["device"])
+    # fp32 master weights whatever model.dtype says: train.dtype bf16 autocasts the forward.
+    model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]), "float32", cfg.device)
     # Label-free methods get prompts without the answer column, so no code path can read labels;
     # the diagnostic training accuracy is then absent for them (held-out accuracy still shown).
     train, test = training_prompts(parents["generate_data"], with_labels=cfg.reward not in settings.LABEL_FREE)
     with progress_bar(f"train_rl {cfg.method}", total=cfg.steps, unit="step") as advance:
         tr = trainer_lib.RLTrainer(model, tokenizer, cfg, train, work_dir=out.work_dir, eval_prompts=test,
-                                   step_callback=lambda k, st: advance(1, reward=st.get("reward_mean", 0.0)))
+                                   step_callback=lambda k, st: advance(1, reward=st.get("reward_mean", 0.0)),
+                                   prompt_format=prompt_format(tokenizer, config["prompt"]))
         resumed_from = tr.step
         if resumed_from:
             note(f"train_rl {cfg.method}: resumed from the checkpoint at step {resumed_from} of {cfg.steps}")

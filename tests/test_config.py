@@ -110,7 +110,7 @@ BAD_INPUTS = {
     "missing column": (lambda t: _ext(t, '{"question": "q"}\n'), "line 1: missing field 'answer'"),
     "empty file": (lambda t: _ext(t, "\n\n"), "no rows"),
     "rl with test-only external": (lambda t: ["--set", f"data.external={{path: {REPO}/tests/fixtures/gsm8k_sample.jsonl, format: gsm8k}}",
-                                              "--set", "rl={methods: [grpo]}"], "rl: RL trains on the 'train' split"),
+                                              "--set", "rl={methods: [grpo]}"], "test-only; add data.external_train"),
     "unclosed list": (lambda t: ["--set", "pretrain.steps=[1,2"], "--set pretrain.steps=[1,2: the value is not valid YAML"),
     "markup-like value": (lambda t: ["--set", "report.title=[bold]x[/bold]"], "--set report.title=[bold]x[/bold]"),
     "bracketed unknown label": (lambda t: ["--force", "train_rl[grpo,s0]"], "--force train_rl[grpo,s0]: no such stage"),

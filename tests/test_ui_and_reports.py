@@ -198,7 +198,7 @@ def _report_ctx() -> dict:
     ev = {"greedy_acc": 0.55, "sampled_acc": 0.629, "avg@1": 0.638, "pass@1": 0.629, "maj@1": 0.638,
           "avg@8": 0.629, "pass@8": 0.976, "maj@8": 0.838}
     return {"title": "t", "name": "n", "config_hash": "0" * 12, "git_commit": "0" * 12, "created": "now",
-            "stages": [], "pretrain_base": {"metrics": {"parameters": 591232, "final_loss": 1.0, "train_seconds": 1.0,
+            "stages": [], "model": {"metrics": {"parameters": 591232, "final_loss": 1.0, "train_seconds": 1.0,
                                                         "tokens_per_s": 1.0}},
             "evaluate": {"metrics": ev}, "ks": [1, 8], "kmax": 8, "levels": {}, "level_labels": {},
             "temperature": 1.0, "top_p": 1.0, "top_k": 0, "n_samples": 8}

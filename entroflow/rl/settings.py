@@ -77,7 +77,7 @@ class TrainConfig:
     eval_prompts: int = 200
     eval_samples: int = 4
     dtype: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when present, else CPU; in the pipeline: model.device) | cpu | cuda
     rollout_batch_size: int = 512
     # "auto": take the rollout engine's log-probs as pi_old where they provably equal the no-grad
     # trainer forward's (fp32, full tempered distribution; see RLTrainer._engine_logprobs_are_old)

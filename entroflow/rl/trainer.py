@@ -68,6 +68,7 @@ import torch
 from safetensors.torch import load_file
 
 from entroflow import answers, lean_lm
+from entroflow.model import runtime_device
 from entroflow.rl import objectives as obj
 from entroflow.rl.settings import TrainConfig
 from entroflow.rollout import HFRolloutEngine, SamplingParams
@@ -154,20 +155,22 @@ class RLTrainer:
 
     def __init__(self, model, tokenizer, cfg: TrainConfig, prompts: list[dict], work_dir: Path | None = None,
                  eval_prompts: list[dict] | None = None, step_callback: Callable[[int, dict], None] | None = None,
-                 lean: bool | None = None):
+                 lean: bool | None = None, prompt_format=None):
         """``lean``: run forwards through :class:`entroflow.lean_lm.LeanLM` (None: wherever it
-        supports the model; False: always the Hugging Face forward)."""
+        supports the model; False: always the Hugging Face forward). ``prompt_format``
+        (:class:`entroflow.rollout.PromptFormat`) renders prompts for the engine, e.g. through a
+        chat template; the update reuses the engine's prompt and completion tokens as they are."""
         self.cfg, self.tok, self.prompts = cfg, tokenizer, prompts
         # A fixed random subset (the same for every method and seed): the test split is ordered
         # by difficulty level, so its head would be all easy problems.
         pool = list(eval_prompts or [])
         self.eval_prompts = random.Random(0).sample(pool, min(cfg.eval_prompts, len(pool)))
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(runtime_device(cfg.device))
         self.model = model.to(self.device)
         self.pad_id = tokenizer.pad_token_id
         use_lean = lean is not False and lean_lm.supports(self.model)
         self.engine = HFRolloutEngine(self.model, tokenizer, batch_size=cfg.rollout_batch_size, device=self.device,
-                                      lean=use_lean)
+                                      lean=use_lean, prompt_format=prompt_format)
         self.lean = lean_lm.LeanLM(self.model) if use_lean else None
         self.ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
         if self.ref_model is not None:
