@@ -112,6 +112,8 @@ def render(ctx: dict) -> str:
     for k in ("greedy_acc", "sampled_acc", *[f"avg@{k}" for k in ctx["ks"]], *[f"pass@{k}" for k in ctx["ks"]],
               *[f"maj@{k}" for k in ctx["ks"]], "parse_rate", "mean_token_entropy", "mean_length",
               "greedy_direct_fraction", "sampled_direct_fraction"):
+        if k.endswith("direct_fraction") and ctx.get("eval_table", "reasoning") != "reasoning":
+            continue  # the arithmetic world's worked-vs-direct split; no meaning on other text
         if k in ev:
             v = ev[k]
             lines.append(f"| {k} | {_pct(v) if 'entropy' not in k and 'length' not in k else f'{v:.3f}'} |")
