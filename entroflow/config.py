@@ -189,7 +189,9 @@ class ModelCfg(Strict):
             try:
                 model_import.check_source(self.source, self.package, self.path, self.file)
             except model_import.ModelSourceError as e:
-                raise ValueError(str(e)) from None
+                # Its message names "model.<key>" or "model"; load_config puts the section in front.
+                msg = str(e)
+                raise ValueError(msg[len("model."):] if msg.startswith("model.") else msg.removeprefix("model: ")) from None
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
         return self
