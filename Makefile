@@ -34,7 +34,7 @@ run-real: $(REAL_STAMP)
 	$(VENV)/bin/entroflow run configs/real-cpu.yaml
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -m "not real"
+	$(VENV)/bin/pytest
 
 # The real-model tests (marked `real`): import, chat prompts, RL steps and the pipeline on SmolLM2.
 test-real: $(REAL_STAMP)
