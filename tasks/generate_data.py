@@ -79,10 +79,10 @@ def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
             # ids prefixed "train/" (both files number their rows from gsm8k-000001 when they
             # carry no ids of their own; ids key the gold answers and the sampling seeds).
             train = load(ext_train["path"], ext_train["split"])
-            train = train.set_column(train.schema.get_field_index("split"), "split",
-                                     pa.array(["train"] * train.num_rows, pa.string()))
-            train = train.set_column(train.schema.get_field_index("id"), "id",
-                                     pa.array([f"train/{i}" for i in train["id"].to_pylist()], pa.string()))
+            for name, values in (("split", ["train"] * train.num_rows),
+                                 ("id", [f"train/{i}" for i in train["id"].to_pylist()])):
+                i = train.schema.get_field_index(name)
+                train = train.set_column(i, train.schema.field(i), pa.array(values, pa.string()))
             overlap = set(train["prompt"].to_pylist()) & set(table["prompt"].to_pylist())
             if overlap:
                 raise ValueError(f"data.external_train: {len(overlap)} problems also appear in data.external "

@@ -163,3 +163,35 @@ def test_eval_problems_take_every_level_in_turn(tmp_path):
     assert eval_problems(tmp_path, "test", 5)["id"].to_pylist() == ["t00", "t01", "t10", "t11", "t20"]
     assert eval_problems(tmp_path, "test", None).num_rows == 12
     assert eval_problems(tmp_path, "train", None)["id"].to_pylist() == ["train0"]
+
+
+def test_external_train_rows_feed_rl_and_never_collide_with_test_ids(tmp_path):
+    """generate_data with data.external + data.external_train: RL's prompts are the train file's
+    (ids prefixed, labels only for labelled rewards), the evaluated prompts the test file's."""
+    from tasks._stage import StageOutput
+    from tasks.generate_data import generate_data, read_world
+    from tasks.train_rl import training_prompts
+
+    test = _ext(tmp_path, "test.jsonl", [("What is 1+1?", "#### 2"), ("What is 5+5?", "#### 10")])
+    train = _ext(tmp_path, "train.jsonl", [("What is 2+2?", "#### 4"), ("What is 3+3?", "#### 6"),
+                                           ("What is 4+4?", "#### 8")])
+    cfg = load_config(SMOKE, [f"data.external={{path: {test}, format: gsm8k}}",
+                              f"data.external_train={{path: {train}, format: gsm8k}}", "rl={methods: [grpo]}"])
+    out = tmp_path / "out"
+    out.mkdir()
+    generate_data.body(StageOutput(out, tmp_path / "work"), {"seed": 0, "data": cfg.model_dump(mode="json")["data"]}, {})
+    assert read_world(out) == {"answer_format": "gsm8k", "eval_table": "external", "eval_split": "test"}
+    rl_prompts, held_out = training_prompts(out, with_labels=True)
+    assert [p["id"] for p in rl_prompts] == ["train/gsm8k-000001", "train/gsm8k-000002", "train/gsm8k-000003"]
+    assert [p["answer"] for p in rl_prompts] == ["4", "6", "8"]
+    assert [(p["id"], p["answer"]) for p in held_out] == [("gsm8k-000001", "2"), ("gsm8k-000002", "10")]
+    label_free, _ = training_prompts(out, with_labels=False)
+    assert all(set(p) == {"id", "prompt"} for p in label_free)
+    # A train file that repeats a test problem is refused.
+    overlap = _ext(tmp_path, "train2.jsonl", [("What is 5+5?", "#### 10")])
+    cfg2 = load_config(SMOKE, [f"data.external={{path: {test}, format: gsm8k}}",
+                               f"data.external_train={{path: {overlap}, format: gsm8k}}"])
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    with pytest.raises(ValueError, match="1 problems also appear in data.external"):
+        generate_data.body(StageOutput(out2, tmp_path / "work2"), {"seed": 0, "data": cfg2.model_dump(mode="json")["data"]}, {})
