@@ -9,7 +9,6 @@ cosine decay to ``min_lr_ratio`` of the peak, gradient clipping. The model is a 
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time

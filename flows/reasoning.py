@@ -16,7 +16,7 @@ from entroflow.config import PipelineConfig
 from flows.pipeline import rollout_section, run_meta, runtime_section
 from tasks.compare import compare
 from tasks.evaluate import evaluate
-from tasks.generate_data import read_world
+from entroflow.data.tables import read_world
 from tasks.rollout import rollout
 from tasks.train_rl import train_rl
 

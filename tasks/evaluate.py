@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 
 from entroflow import answers, metrics
 from tasks._stage import StageOutput, stage
-from tasks.generate_data import EVAL_FILES, read_eval_table, read_world
+from entroflow.data import tables
+from entroflow.data.tables import EVAL_FILES, read_eval_table, read_world
 
 SCHEMA = pa.schema(
     [
@@ -35,7 +36,7 @@ def completion_style(text: str) -> str:
     return "worked" if "=" in t else "other"
 
 
-@stage("evaluate", code=[answers, metrics], main_table="evaluation.parquet", reads={"generate_data": EVAL_FILES})
+@stage("evaluate", code=[answers, metrics, tables], main_table="evaluation.parquet", reads={"generate_data": EVAL_FILES})
 def evaluate(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     data_dir = parents["generate_data"]
     fmt = read_world(data_dir)["answer_format"]

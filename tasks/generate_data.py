@@ -5,33 +5,14 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from entroflow import answers
-from entroflow.data import grammar, kg, loaders, ood, reasoning, word_problems
+from entroflow.data import grammar, kg, loaders, ood, reasoning, tables, word_problems
+from entroflow.data.tables import WORLD_FILE
 from tasks._stage import StageOutput, stage
 
 
-WORLD_FILE = "world.json"  # answer format and which table is evaluated, for the stages downstream
-# What the stages downstream read of this output (their ``reads=``): the pretraining texts, and
-# the evaluated problems. A change elsewhere (the OOD suites, say) leaves those stages cached.
-PRETRAINING_FILES = ("reasoning.parquet", "corpus.parquet", "kg_facts.parquet")
-EVAL_FILES = (WORLD_FILE, "reasoning.parquet", "word_problems.parquet", "external.parquet")
-
-
-def read_world(data_dir: Path) -> dict:
-    """``{"answer_format", "eval_table", "eval_split"}`` of a generate_data output: the answer
-    format of the evaluated table, its name, and for an external dataset the split its
-    evaluation rows carry (None: the rollout's ``split``)."""
-    return json.loads((data_dir / WORLD_FILE).read_text())
-
-
-def read_eval_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """The table a run evaluates and trains on: the synthetic problems, or the external dataset."""
-    return pq.read_table(data_dir / f"{read_world(data_dir)['eval_table']}.parquet", columns=columns)
-
-
-@stage("generate_data", code=[reasoning, grammar, kg, ood, loaders, word_problems, answers], main_table="reasoning.parquet")
+@stage("generate_data", code=[reasoning, grammar, kg, ood, loaders, word_problems, answers, tables], main_table="reasoning.parquet")
 def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     seed, data = config["seed"], config["data"]
     r = data["reasoning"]

@@ -10,11 +10,11 @@ from entroflow import model as model_lib
 from entroflow import tokenizer as tok_lib
 from entroflow.progress import progress_bar
 from tasks._stage import StageOutput, stage
-from tasks.generate_data import PRETRAINING_FILES
-from tasks.build_tokenizer import corpus_texts
+from entroflow.data import tables
+from entroflow.data.tables import PRETRAINING_FILES, corpus_texts
 
 
-@stage("pretrain_base", code=[model_lib, tok_lib], reads={"generate_data": PRETRAINING_FILES})
+@stage("pretrain_base", code=[model_lib, tok_lib, tables], reads={"generate_data": PRETRAINING_FILES})
 def pretrain_base(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     mcfg, pcfg, seed = config["model"], config["pretrain"], config["seed"]
     tokenizer = tok_lib.load(parents["build_tokenizer"] / "tokenizer")

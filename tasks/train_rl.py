@@ -13,8 +13,8 @@ from entroflow.progress import note, progress_bar
 from entroflow.rl import objectives, settings
 from entroflow.rl import trainer as trainer_lib
 from tasks._stage import StageOutput, stage
-from tasks.generate_data import EVAL_FILES, read_eval_table
-from tasks.rollout import eval_problems, prompt_format
+from entroflow.data import tables
+from entroflow.data.tables import EVAL_FILES, eval_problems, read_eval_table
 
 LABEL_FREE_COLUMNS = ["id", "prompt"]  # what label-free methods may read of the training split
 
@@ -29,7 +29,7 @@ def training_prompts(data_dir: Path, with_labels: bool) -> tuple[list[dict], lis
     return train, test
 
 
-@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib, rollout_lib, lean_lm, answers], reads={"generate_data": EVAL_FILES})
+@stage("train_rl", code=[trainer_lib, objectives, settings, model_lib, rollout_lib, lean_lm, answers, tables], reads={"generate_data": EVAL_FILES})
 def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     cfg = settings.TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
     cfg.validate()
@@ -43,7 +43,7 @@ def train_rl(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     with progress_bar(f"train_rl {cfg.method}", total=cfg.steps, unit="step") as advance:
         tr = trainer_lib.RLTrainer(model, tokenizer, cfg, train, work_dir=out.work_dir, eval_prompts=test,
                                    step_callback=lambda k, st: advance(1, reward=st.get("reward_mean", 0.0)),
-                                   prompt_format=prompt_format(tokenizer, config["prompt"]))
+                                   prompt_format=rollout_lib.PromptFormat.for_tokenizer(tokenizer, **config["prompt"]))
         resumed_from = tr.step
         if resumed_from:
             note(f"train_rl {cfg.method}: resumed from the checkpoint at step {resumed_from} of {cfg.steps}")

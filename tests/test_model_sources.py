@@ -148,8 +148,7 @@ def test_external_train_config_checks(tmp_path):
 
 def test_eval_problems_take_every_level_in_turn(tmp_path):
     from entroflow.data.reasoning import SCHEMA
-    from tasks.generate_data import WORLD_FILE
-    from tasks.rollout import eval_problems
+    from entroflow.data.tables import WORLD_FILE, eval_problems
 
     rows = [{"id": f"t{lv}{i}", "split": "test", "level": lv, "n_operands": 0, "n_digits": 0, "prompt": f"p{lv}{i}",
              "solution": "", "completion": "", "style": "worked", "answer": "1", "source": "x"}
@@ -169,7 +168,8 @@ def test_external_train_rows_feed_rl_and_never_collide_with_test_ids(tmp_path):
     """generate_data with data.external + data.external_train: RL's prompts are the train file's
     (ids prefixed, labels only for labelled rewards), the evaluated prompts the test file's."""
     from tasks._stage import StageOutput
-    from tasks.generate_data import generate_data, read_world
+    from entroflow.data.tables import read_world
+    from tasks.generate_data import generate_data
     from tasks.train_rl import training_prompts
 
     test = _ext(tmp_path, "test.jsonl", [("What is 1+1?", "#### 2"), ("What is 5+5?", "#### 10")])
