@@ -172,7 +172,10 @@ class RolloutEngine(Protocol):
     ``generate`` returns a :data:`SCHEMA` table with ``len(prompts) * params.n`` rows ordered by
     (input prompt order, sample_idx). ``logits_processors`` follow the HF ``LogitsProcessor``
     convention and must be row-wise (a row's output depends only on its own ``input_ids`` row
-    and ``scores`` row), because engines batch rows freely. ``progress`` is called with the
+    and ``scores`` row), because engines batch rows freely. A processor that keeps per-row state
+    across steps (LTW's running watermark ratio) implements ``reset(batch_size)``, called before
+    the first step of every batch, and ``select_rows(keep)``, called with the kept row indices
+    (a LongTensor) when the engine drops finished rows. ``progress`` is called with the
     number of completions finished since its last call (``tqdm.update`` fits).
     ``tokens_per_second`` is the generated-token rate of the last ``generate`` call.
     """
@@ -514,6 +517,9 @@ class HFRolloutEngine:
         V = logits.shape[-1]
         noise = (gumbel_noise_steps(seed_t, T, V) if params.temperature > 0 and B * T * V <= _NOISE_BUDGET
                  else None)
+        for proc in processors:  # stateful processors (see RolloutEngine) start a new batch
+            if hasattr(proc, "reset"):
+                proc.reset(B)
         steps = 0
         for step in range(T):
             scores = logits.float()
@@ -540,6 +546,9 @@ class HFRolloutEngine:
                 else:
                     cache.batch_select_indices(keep)
                 self.compactions += 1
+                for proc in processors:
+                    if hasattr(proc, "select_rows"):
+                        proc.select_rows(keep)
                 ids, attn, next_pos, seed_t = ids[keep], attn[keep], next_pos[keep], seed_t[keep]
                 noise = noise[keep] if noise is not None else None
                 tokens, alive, done = tokens[keep], alive[keep], done[keep]
