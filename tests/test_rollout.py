@@ -365,3 +365,17 @@ def test_lean_logits_equal_hf_for_gqa_and_llama(tok, arch):
         logits, _, mask = sequence_logits(m, prompts, comps, tok.pad_token_id)
         assert float((lean.score(Packed(prompts, comps, "cpu")) - logits[mask]).abs().max()) < 1e-5
         _assert_lean_decoding_equals_hf(m, lean, prompts, 4, lambda full: full.argmax(-1))
+
+
+def test_generate_from_tokens_equals_generate(model, tok):
+    """Continuing from exact token ids (the watermark flow's re-generation attack) samples what
+    generate samples from the same tokens; a longer prefix continues from where it ends."""
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    engine = _engine(model, tok)
+    ref = engine.generate(PROMPTS, IDS, params)
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    got = engine.generate_from_tokens(ids, IDS, params)
+    assert got.column("token_ids").to_pylist() == ref.column("token_ids").to_pylist()
+    assert got.column("prompt_token_ids").to_pylist() == [i for i in ids for _ in range(2)]
+    with pytest.raises(ValueError, match="prompt_ids"):
+        engine.generate_from_tokens(ids, IDS[:1], params)

@@ -342,6 +342,42 @@ def generate(n_sentences: int, seed: int, n_test: int = 200) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
+PARAGRAPH_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # train | test, the split of its sentences
+        pa.field("text", pa.string(), nullable=False),  # the sentences joined by single spaces
+        pa.field("n_sentences", pa.int32(), nullable=False),
+        pa.field("n_words", pa.int32(), nullable=False),
+    ],
+    metadata={"schema_version": "1", "table": "paragraphs"},
+)
+
+
+def paragraphs(sentences: pa.Table, min_sentences: int, max_sentences: int, seed: int) -> pa.Table:
+    """Consecutive sentences of each split grouped into paragraphs of ``min..max`` sentences
+    (sizes drawn uniformly, seeded; the last paragraph of a split takes what is left).
+
+    Why: a document of one sentence teaches a model to stop after ~10 tokens, and a watermark
+    needs long texts (its z-score grows with the square root of the length). Sentences are
+    independent draws from the grammar, so a paragraph's next-word entropy is still the grammar's
+    at every word (the first word of a sentence has the sentence-initial distribution)."""
+    if not 1 <= min_sentences <= max_sentences:
+        raise ValueError(f"paragraph sizes must satisfy 1 <= min <= max, got {min_sentences}, {max_sentences}")
+    rng = random.Random(seed)
+    rows = []
+    for split in ("train", "test"):
+        part = sentences.filter(pa.compute.equal(sentences["split"], split))
+        texts, n_words = part["text"].to_pylist(), part["n_words"].to_pylist()
+        i = 0
+        while i < len(texts):
+            k = rng.randint(min_sentences, max_sentences)
+            rows.append({"id": f"paragraph-{split}-{len(rows):06d}", "split": split, "text": " ".join(texts[i:i + k]),
+                         "n_sentences": len(texts[i:i + k]), "n_words": sum(n_words[i:i + k])})
+            i += k
+    return pa.Table.from_pylist(rows, schema=PARAGRAPH_SCHEMA)
+
+
 def _row(id_: str, split: str, words: list[str], ents: list[float]) -> dict:
     return {"id": id_, "split": split, "text": " ".join(words), "n_words": len(words),
             "branch_entropy": ents}

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 WORLD_FILE = "world.json"
 # What the stages downstream read of the data output (their ``reads=``): the pretraining texts,
 # and the evaluated problems. A change elsewhere (the OOD suites, say) leaves those stages cached.
-PRETRAINING_FILES = ("reasoning.parquet", "corpus.parquet", "kg_facts.parquet")
+PRETRAINING_FILES = ("reasoning.parquet", "corpus.parquet", "paragraphs.parquet", "kg_facts.parquet")
 EVAL_FILES = (WORLD_FILE, "reasoning.parquet", "word_problems.parquet", "external.parquet")
 
 
@@ -59,14 +59,43 @@ def _round_robin(groups: list[list[int]]) -> list[int]:
 
 
 def corpus_texts(data_dir: Path) -> dict[str, list[str]]:
-    """Training texts of the world by source: reasoning prompt+completion, grammar, KG facts."""
+    """Training texts of the world by source: reasoning prompt+completion, grammar (paragraphs
+    when ``data.corpus.paragraph_sentences`` is set, else sentences), KG facts."""
     texts: dict[str, list[str]] = {}
     r = pq.read_table(data_dir / "reasoning.parquet", columns=["split", "prompt", "completion"]).to_pylist()
     texts["reasoning"] = [x["prompt"] + x["completion"] for x in r if x["split"] == "train"]
-    if (data_dir / "corpus.parquet").exists():
-        c = pq.read_table(data_dir / "corpus.parquet", columns=["split", "text"]).to_pylist()
+    grammar_file = next((f for f in ("paragraphs.parquet", "corpus.parquet") if (data_dir / f).exists()), None)
+    if grammar_file:
+        c = pq.read_table(data_dir / grammar_file, columns=["split", "text"]).to_pylist()
         texts["corpus"] = [x["text"] for x in c if x["split"] == "train"]
     if (data_dir / "kg_facts.parquet").exists():
         f = pq.read_table(data_dir / "kg_facts.parquet", columns=["template_split", "text"]).to_pylist()
         texts["kg"] = [x["text"] for x in f if x["template_split"] == "train"]
     return texts
+
+
+WATERMARK_FILES = (WORLD_FILE, "corpus.parquet", "reasoning.parquet", "word_problems.parquet", "external.parquet")
+
+
+def watermark_prompts(data_dir: Path, source: str, n: int) -> pa.Table:
+    """Held-out prompts of the watermark flow with a human-written continuation of each:
+    ``{"id", "prompt", "human"}``.
+
+    ``corpus``: prompt i is the i-th held-out grammar sentence and its human text the sentences
+    that follow it in the test split (independent draws from the grammar, so any run of them is
+    a paragraph the grammar could have produced); ``eval``: the evaluated table's test problems
+    with their reference solutions (English word problems for a pretrained model)."""
+    if source == "corpus":
+        c = pq.read_table(data_dir / "corpus.parquet", columns=["split", "text"])
+        texts = c.filter(pa.compute.equal(c["split"], "test"))["text"].to_pylist()
+        if len(texts) < 2:
+            raise ValueError("watermark: the corpus has fewer than 2 held-out sentences (data.corpus.n_test)")
+        n = min(n, len(texts))
+        rows = [{"id": f"wm-{i:05d}", "prompt": texts[i],
+                 "human": " ".join(texts[(i + j) % len(texts)] for j in range(1, 13))} for i in range(n)]
+        return pa.Table.from_pylist(rows)
+    world = read_world(data_dir)
+    t = read_eval_table(data_dir, ["id", "split", "prompt", "completion"])
+    t = t.filter(pa.compute.equal(t["split"], world.get("eval_split") or "test"))
+    t = t.slice(0, n)
+    return pa.table({"id": t["id"], "prompt": t["prompt"], "human": t["completion"]})

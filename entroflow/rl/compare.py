@@ -101,6 +101,16 @@ def _fmt(mean: float, std: float, n: int, pct: bool = True) -> str:
     return s
 
 
+PAPERS = {"EMPO": "EMPO (Zhang et al. 2025)", "DAPO": "DAPO (Yu et al. 2025)",
+          "GRPO": "GRPO (Shao et al. 2024)", "EM-": "EM (Agarwal et al. 2025)"}
+
+
+def _paper(claim: str) -> str:
+    """The seed paper a claim comes from: the first method its text names."""
+    hits = [(claim.find(k), v) for k, v in PAPERS.items() if k in claim]
+    return min(hits)[1] if hits else ""
+
+
 def claims(summary: dict, training: dict, methods: list[str]) -> list[dict]:
     """Each seed-paper claim with whether it holds here and the numbers behind the verdict."""
     S = lambda m, k="sampled_acc": summary[m][k] if m in summary else (float("nan"), 0.0, 0)  # noqa: E731
@@ -108,7 +118,7 @@ def claims(summary: dict, training: dict, methods: list[str]) -> list[dict]:
     out = []
 
     def add(claim, holds, evidence):
-        out.append({"claim": claim, "holds": holds, "evidence": evidence})
+        out.append({"paper": _paper(claim), "claim": claim, "holds": holds, "evidence": evidence})
 
     def beats(m):
         mean, sd, n = S(m)

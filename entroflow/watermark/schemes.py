@@ -1,0 +1,108 @@
+"""One scheme config (``watermark.scheme(name)`` of entroflow/config.py) -> its embedding processor
+and its detector, so the stages never branch on the scheme themselves.
+
+=============  =====================================  ==========================================
+scheme         embedding (a logits processor)          detection
+=============  =====================================  ==========================================
+kgw            +delta on the context-seeded green list  z over (distinct) scored n-grams
+unigram        +delta on one fixed green list           z over (distinct) tokens
+sweet          kgw where H(next token) > threshold      z over positions the model finds uncertain
+ewd            kgw                                      spike-entropy-weighted z
+ltw_kgw        kgw where LTW's selector says so         z over positions the replayed selector picks
+ltw_unigram    unigram where the selector says so       same, on the unigram list
+=============  =====================================  ==========================================
+
+White-box detectors (sweet, ewd, ltw_*) recompute the model's raw next-token entropies with one
+forward pass over prompt + text (:mod:`entroflow.watermark.entropy`); none trusts anything
+recorded at generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entroflow.watermark import detect as detect_lib
+from entroflow.watermark import entropy as entropy_lib
+from entroflow.watermark.green import GreenList
+
+
+@dataclass
+class LTWParts:
+    """What LTW's processor and detector need besides the green list."""
+
+    selector: object
+    encoder: object
+    k: int
+    pad_id: int
+
+
+def base_of(name: str) -> str:
+    return name.removeprefix("ltw_") if name.startswith("ltw_") else ("unigram" if name == "unigram" else "kgw")
+
+
+def green_list(scheme: dict, vocab_size: int, key: int) -> GreenList:
+    if base_of(scheme["name"]) == "unigram":
+        return GreenList(vocab_size, scheme["gamma"], key, seeding="unigram", context_width=0)
+    return GreenList(vocab_size, scheme["gamma"], key, seeding=scheme["seeding"], context_width=scheme["context_width"])
+
+
+def processor(scheme: dict, vocab_size: int, key: int, ltw: LTWParts | None = None):
+    """The logits processor that embeds ``scheme`` with ``key`` (applied before temperature)."""
+    from entroflow.watermark.kgw import KGW
+    from entroflow.watermark.sweet import SWEET
+
+    g = green_list(scheme, vocab_size, key)
+    name = scheme["name"]
+    if name.startswith("ltw_"):
+        from entroflow.watermark.ltw import LTWProcessor
+
+        return LTWProcessor(g, scheme["delta"], ltw.selector, ltw.encoder, k=ltw.k, pad_id=ltw.pad_id)
+    if name == "sweet":
+        return SWEET(g, scheme["delta"], scheme["entropy_threshold"])
+    return KGW(g, scheme["delta"])  # kgw, ewd (KGW embedding), unigram (KGW math on a fixed list)
+
+
+def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]], token_ids: list[list[int]], *,
+           ignore_repeated_ngrams: bool, model=None, ltw: LTWParts | None = None, batch_size: int = 64,
+           device: str | torch.device = "cpu") -> list[dict]:
+    """Detection statistics per sequence (:func:`entroflow.watermark.detect.score_sequences` keys,
+    plus ``scored_fraction``). ``score`` is the statistic to threshold: the weighted z for EWD,
+    else z; ``score_p`` its exact null p-value."""
+    g = green_list(scheme, vocab_size, key)
+    name = scheme["name"]
+    if name.startswith("ltw_"):
+        from entroflow.watermark.ltw import ltw_detect
+
+        rows = ltw_detect(model, ltw.encoder, ltw.selector, g, prompt_ids, token_ids, k=ltw.k,
+                          ignore_repeated_ngrams=ignore_repeated_ngrams, batch_size=batch_size, device=device)
+    elif name in ("sweet", "ewd"):
+        ents = entropy_lib.next_token_entropies(model, prompt_ids, token_ids, batch_size=batch_size, device=device)
+        if name == "sweet":
+            scored = [[h > scheme["entropy_threshold"] for h in e["entropy"]] for e in ents]
+            rows = detect_lib.score_sequences(g, prompt_ids, token_ids, scored=scored,
+                                              ignore_repeated_ngrams=ignore_repeated_ngrams)
+        else:
+            from entroflow.watermark.ewd import spike_weights
+
+            weights = [spike_weights(e["spike_entropy"]) for e in ents]
+            rows = detect_lib.score_sequences(g, prompt_ids, token_ids, weights=weights,
+                                              ignore_repeated_ngrams=ignore_repeated_ngrams)
+    else:
+        rows = detect_lib.score_sequences(g, prompt_ids, token_ids, ignore_repeated_ngrams=ignore_repeated_ngrams)
+    for r in rows:
+        weighted = name == "ewd"
+        r["score"] = r["z_weighted"] if weighted else r["z"]
+        r["score_p"] = r["p_value_weighted"] if weighted else r["p_value"]
+        r["scored_fraction"] = r["num_tokens_scored"] / max(1, r["num_tokens_generated"])
+    return rows
+
+
+def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, tokenizer, device) -> LTWParts:
+    """The trained selector of ``seed`` (train_selector's output) and the context encoder."""
+    from entroflow.watermark import ltw
+
+    encoder = ltw.ContextEncoder(ltw_cfg["embedding_model"], tokenizer, device=device)
+    selector = ltw.load_selector(selector_dir / f"selector_s{seed}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return LTWParts(selector=selector, encoder=encoder, k=ltw_cfg["k"], pad_id=pad)
