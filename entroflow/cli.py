@@ -82,8 +82,10 @@ def _results(state, verb: str, log_file: Path) -> dict:
 
 def _print_outputs(results: dict, log_file: Path) -> None:
     console.print(f"report: {results.get('report_path')}", highlight=False)
-    if results.get("comparison_path"):
-        console.print(f"reasoning comparison: {results['comparison_path']}", highlight=False)
+    for key, what in (("comparison_path", "reasoning comparison"), ("watermark_path", "watermark comparison"),
+                      ("claims_path", "claims table")):
+        if results.get(key):
+            console.print(f"{what}: {results[key]}", highlight=False)
     console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)
     console.print(f"log: {log_file}", highlight=False)
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # The spine's stages in DAG order. flows/pipeline.py checks that its DAG matches, so the CLI can
 # validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
 PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "import_model", "rollout", "evaluate",
-                   "report", "train_rl", "compare")
+                   "report", "train_rl", "compare", "train_selector", "watermark_generate", "watermark_detect",
+                   "watermark_quality", "watermark_compare", "claims")
 
 
 def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force",
@@ -477,6 +478,17 @@ class PipelineConfig(Strict):
                 for m in self.rl.methods:
                     out += [f"train_rl[{m},s{seed}]", f"rollout[{m},s{seed}]", f"evaluate[{m},s{seed}]"]
             out.append("compare")
+        if self.watermark is not None:
+            wm = self.watermark
+            if self.model.source == "scratch":
+                out.append("pretrain_base[oracle]")
+            out += ["watermark_generate[none]", "watermark_quality[none]"]
+            for s in wm.schemes:
+                out += [*([f"train_selector[{s}]"] if s.startswith("ltw_") else []),
+                        f"watermark_generate[{s}]", f"watermark_detect[{s}]", f"watermark_quality[{s}]"]
+            out.append("watermark_compare")
+        if self.rl is not None or self.watermark is not None:
+            out.append("claims")
         return out
 
     def base_stage(self) -> str:

@@ -150,16 +150,25 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
             why = why + _diff_from_latest(store, node.stage, section, parents) + _resumes(store, name, key)
         refs[name] = ref.model_dump() if ref else None
         rows.append({"stage": name, "after": after, "status": "cached" if ref else "run", "key": key, "why": why})
+    flows = []
     if cfg.rl is not None:
-        if refs.get("generate_data") is None or refs.get(cfg.base_stage()) is None:
-            rows.append({"stage": "reasoning (train_rl, rollout, evaluate, compare)", "after": cfg.base_stage(),
-                         "status": "pending", "key": "?", "why": _waiting([f"generate_data or {cfg.base_stage()}"])})
-        else:
-            from flows.reasoning import run_reasoning
+        from flows.reasoning import run_reasoning
 
-            planner = _Planner(store, forced)
-            run_reasoning(planner, cfg, refs)
-            rows += planner.rows
+        flows.append(("reasoning (train_rl, rollout, evaluate, compare)", run_reasoning))
+    if cfg.watermark is not None:
+        from flows.watermark import run_watermark
+
+        flows.append(("watermark (train_selector, watermark_generate/detect/quality, watermark_compare)", run_watermark))
+    if flows and (refs.get("generate_data") is None or refs.get(cfg.base_stage()) is None):
+        for what, _ in flows:
+            rows.append({"stage": what, "after": cfg.base_stage(), "status": "pending", "key": "?",
+                         "why": _waiting([f"generate_data or {cfg.base_stage()}"])})
+    elif flows:
+        planner = _Planner(store, forced)
+        for _, run_flow in flows:
+            run_flow(planner, cfg, refs)
+        run_claims(planner, cfg)
+        rows += planner.rows
     return rows
 
 
@@ -172,12 +181,18 @@ class _Planner:
     rows: list[dict] = field(default_factory=list)
     pending: set[str] = field(default_factory=set)  # labels that will run or may run
     forced_labels: set[str] = field(default_factory=set)  # labels that will run because of --force
+    results: dict[str, dict] = field(default_factory=dict)  # label -> {"ref": ref or None (will run)}
 
     def run(self, stage: Stage, section: dict, parents: dict, label: str | None = None,
             parent_labels: list[str] = (), meta: dict | None = None) -> dict | None:
         label = label or stage.name
+        ref = self._plan(stage, section, parents, label, parent_labels)
+        self.results[label] = {"ref": ref}
+        return ref
+
+    def _plan(self, stage: Stage, section: dict, parents: dict, label: str, parent_labels: list[str]) -> dict | None:
         after = ", ".join(dict.fromkeys(parent_labels)) if len(parent_labels) <= 3 else \
-            f"{len(parent_labels)} stages: every train_rl and evaluate"
+            f"{len(parent_labels)} stages: {parent_labels[0]}, {parent_labels[1]}, ..."
         forced_up = [p for p in parent_labels if p in self.forced_labels]
         if forced_up or stage.name in self.force or label in self.force:
             # Forced, or downstream of a forced stage: it runs whatever its key (as in Runner.run).
@@ -317,7 +332,7 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
         run_name += f" [{' '.join(changes)}]"
     parent = tracking.start_parent(
         c, exp_id, run_name=run_name, flow_run_id=flow_run.get_id() or "local",
-        params=tracking.flatten(d),
+        params=tracking.flatten(_without_keys(d)),
         tags={"config_hash": provenance.config_hash(d), "config_name": cfg.name, "config_path": str(Path(config_path)),
               "git_commit": provenance.git_commit(), "entroflow_version": provenance.package_versions()["entroflow"],
               "prefect.flow_run_name": flow_run.get_name() or "", "overrides": " ".join(changes),
@@ -340,30 +355,62 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
             from flows.reasoning import run_reasoning
 
             out.update(run_reasoning(runner, cfg, refs))
+        if cfg.watermark is not None:
+            from flows.watermark import run_watermark
+
+            out.update(run_watermark(runner, cfg, refs))
+        run_claims(runner, cfg)
         status = "FINISHED"
     finally:
         summary = {}
         if "evaluate" in refs:
             summary = {k: v for k, v in store.manifest(refs["evaluate"])["metrics"].items() if "/" not in k}
-        if "comparison_metrics" in out:
-            summary.update(out["comparison_metrics"])
+        for k in ("comparison_metrics", "watermark_metrics"):
+            summary.update(out.get(k, {}))
         summary.update({f"seconds/{k}": v["seconds"] for k, v in runner.results.items()})
         summary["stages_cached"] = sum(v["state"] == "Cached" for v in runner.results.values())
         summary["stages_total"] = len(runner.results)
         tracking.finish_parent(c, parent, status, summary)
-    reports = {"": refs.get("report"), "reasoning": runner.results.get("compare", {}).get("ref")}
-    published = _publish(store, {k: v for k, v in reports.items() if v}, workspace.home() / "reports" / cfg.name,
+    reports = [("", refs.get("report")), ("", runner.results.get("claims", {}).get("ref")),
+               ("reasoning", runner.results.get("compare", {}).get("ref")),
+               ("watermark", runner.results.get("watermark_compare", {}).get("ref"))]
+    published = _publish(store, [(k, v) for k, v in reports if v], workspace.home() / "reports" / cfg.name,
                          f"{time.strftime('%Y%m%d-%H%M%S')}-{flow_run.get_name() or 'local'}")
-    if "" in published:
-        out["report_path"] = str(published[""])
-    if "reasoning" in published:
-        out["comparison_path"] = str(published["reasoning"])
+    for name, key in (("report.md", "report_path"), ("claims.md", "claims_path"),
+                      ("comparison.md", "comparison_path"), ("watermark.md", "watermark_path")):
+        if name in published:
+            out[key] = str(published[name])
     return {**runner.results, **out, "mlflow_parent_run_id": parent}
 
 
-def _publish(store: Store, refs: dict[str, dict], root: Path, run_dir: str) -> dict[str, Path]:
-    """Copy this run's reports (Markdown + plots; ``""`` is the spine report, ``"reasoning"`` the
-    comparison) to ``reports/<config>/<run>/``, and point ``reports/<config>/latest`` at it.
+def _without_keys(d: dict) -> dict:
+    """The config as MLflow sees it: watermark keys replaced by their fingerprints (keys.py)."""
+    if not d.get("watermark"):
+        return d
+    from entroflow.watermark.keys import fingerprint
+
+    wm = {**d["watermark"], **{k: fingerprint(d["watermark"][k]) for k in ("key", "other_key")}}
+    return {**d, "watermark": wm}
+
+
+def run_claims(runner, cfg: PipelineConfig) -> None:
+    """The run's one claims table, from each flow's compare stage that ran (entroflow/claims.py)."""
+    parents = {flow: runner.results[label]["ref"] for flow, label in (("reasoning", "compare"),
+                                                                         ("watermark", "watermark_compare"))
+               if label in runner.results}
+    if parents:
+        from tasks.claims import claims
+
+        runner.run(claims, {"title": cfg.report.title, "flows": sorted(parents)}, parents, label="claims",
+                   parent_labels=[runner_label for runner_label in ("compare", "watermark_compare")
+                                  if runner_label in runner.results],
+                   meta=run_meta(cfg, "pipeline", method="all", model="all"))
+
+
+def _publish(store: Store, refs: list[tuple[str, dict]], root: Path, run_dir: str) -> dict[str, Path]:
+    """Copy this run's reports (Markdown + plots; ``""``: the spine report and the claims table,
+    ``"reasoning"``/``"watermark"``: the flows' comparisons) to ``reports/<config>/<run>/``, and
+    point ``reports/<config>/latest`` at it. Returns {Markdown file name: published path}.
 
     Each run gets its own folder, so two runs of one config (say with different overrides) never
     mix. The folder is filled under a temporary name and renamed into place, and ``latest`` is a
@@ -375,14 +422,14 @@ def _publish(store: Store, refs: dict[str, dict], root: Path, run_dir: str) -> d
     tmp = root / f".tmp-{run_dir}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     found: dict[str, Path] = {}
-    for sub, ref in refs.items():
+    for sub, ref in refs:
         dest = tmp / sub
         dest.mkdir(parents=True, exist_ok=True)
         for f in sorted(store.resolve(ref).iterdir()):
             if f.suffix in (".md", ".png"):
                 shutil.copyfile(f, dest / f.name)
                 if f.suffix == ".md":
-                    found[sub] = root / run_dir / sub / f.name
+                    found[f.name] = root / run_dir / sub / f.name
     os.rename(tmp, root / run_dir)
     link = root / f".latest-{os.getpid()}"
     link.unlink(missing_ok=True)

@@ -305,7 +305,11 @@ def test_reasoning_flow_compares_methods(ws):
     assert results["evaluate[base,s0]"]["state"] == "Cached"
     comparison = Path(results["comparison_path"])
     text = comparison.read_text()
-    assert "EMPO, with no labels, about matches supervised GRPO/DAPO" in text
+    # The claims moved to the run's one claims table, next to the spine report.
+    claims = Path(results["claims_path"]).read_text()
+    assert "EMPO, with no labels, about matches supervised GRPO/DAPO" in claims and "EMPO (Zhang et al. 2025)" in claims
+    assert Path(results["claims_path"]).parent == Path(results["report_path"]).parent
+    assert "claims.md" in text
     for m in ("base", "base+em_inf", *methods):
         assert f"| {m} |" in text
     table = pq.read_table(ws / "store" / results["compare"]["ref"]["path"] / "comparison.parquet")

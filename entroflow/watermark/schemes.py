@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from entroflow.watermark import detect as detect_lib
-from entroflow.watermark import entropy as entropy_lib
 from entroflow.watermark.green import GreenList
 
 
@@ -38,29 +36,40 @@ class LTWParts:
 
 
 def base_of(name: str) -> str:
-    return name.removeprefix("ltw_") if name.startswith("ltw_") else ("unigram" if name == "unigram" else "kgw")
+    """The green-list scheme under ``name``: unigram for unigram and ltw_unigram, else kgw."""
+    return "unigram" if name in ("unigram", "ltw_unigram") else "kgw"
+
+
+def watermark(scheme: dict, vocab_size: int, key: int):
+    """The scheme's green-list watermark object (processor + detector; LTW's base watermark)."""
+    from entroflow.watermark.ewd import EWD
+    from entroflow.watermark.kgw import KGW
+    from entroflow.watermark.sweet import SWEET
+    from entroflow.watermark.unigram import Unigram
+
+    name, g, d = scheme["name"], scheme["gamma"], scheme["delta"]
+    if base_of(name) == "unigram":
+        return Unigram(vocab_size, key, gamma=g, delta=d)
+    kw = {"seeding": scheme["seeding"], "context_width": scheme["context_width"]}
+    if name == "sweet":
+        return SWEET(vocab_size, key, gamma=g, delta=d, entropy_threshold=scheme["entropy_threshold"], **kw)
+    if name == "ewd":
+        return EWD(vocab_size, key, gamma=g, delta=d, **kw)
+    return KGW(vocab_size, key, gamma=g, delta=d, **kw)
 
 
 def green_list(scheme: dict, vocab_size: int, key: int) -> GreenList:
-    if base_of(scheme["name"]) == "unigram":
-        return GreenList(vocab_size, scheme["gamma"], key, seeding="unigram", context_width=0)
-    return GreenList(vocab_size, scheme["gamma"], key, seeding=scheme["seeding"], context_width=scheme["context_width"])
+    return watermark(scheme, vocab_size, key).green_list
 
 
 def processor(scheme: dict, vocab_size: int, key: int, ltw: LTWParts | None = None):
     """The logits processor that embeds ``scheme`` with ``key`` (applied before temperature)."""
-    from entroflow.watermark.kgw import KGW
-    from entroflow.watermark.sweet import SWEET
-
-    g = green_list(scheme, vocab_size, key)
-    name = scheme["name"]
-    if name.startswith("ltw_"):
+    wm = watermark(scheme, vocab_size, key)
+    if scheme["name"].startswith("ltw_"):
         from entroflow.watermark.ltw import LTWProcessor
 
-        return LTWProcessor(g, scheme["delta"], ltw.selector, ltw.encoder, k=ltw.k, pad_id=ltw.pad_id)
-    if name == "sweet":
-        return SWEET(g, scheme["delta"], scheme["entropy_threshold"])
-    return KGW(g, scheme["delta"])  # kgw, ewd (KGW embedding), unigram (KGW math on a fixed list)
+        return LTWProcessor(wm.green_list, scheme["delta"], ltw.selector, ltw.encoder, k=ltw.k, pad_id=ltw.pad_id)
+    return wm
 
 
 def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]], token_ids: list[list[int]], *,
@@ -69,27 +78,18 @@ def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]],
     """Detection statistics per sequence (:func:`entroflow.watermark.detect.score_sequences` keys,
     plus ``scored_fraction``). ``score`` is the statistic to threshold: the weighted z for EWD,
     else z; ``score_p`` its exact null p-value."""
-    g = green_list(scheme, vocab_size, key)
+    wm = watermark(scheme, vocab_size, key)
     name = scheme["name"]
     if name.startswith("ltw_"):
         from entroflow.watermark.ltw import ltw_detect
 
-        rows = ltw_detect(model, ltw.encoder, ltw.selector, g, prompt_ids, token_ids, k=ltw.k,
+        rows = ltw_detect(model, ltw.encoder, ltw.selector, wm.green_list, prompt_ids, token_ids, k=ltw.k,
                           ignore_repeated_ngrams=ignore_repeated_ngrams, batch_size=batch_size, device=device)
     elif name in ("sweet", "ewd"):
-        ents = entropy_lib.next_token_entropies(model, prompt_ids, token_ids, batch_size=batch_size, device=device)
-        if name == "sweet":
-            scored = [[h > scheme["entropy_threshold"] for h in e["entropy"]] for e in ents]
-            rows = detect_lib.score_sequences(g, prompt_ids, token_ids, scored=scored,
-                                              ignore_repeated_ngrams=ignore_repeated_ngrams)
-        else:
-            from entroflow.watermark.ewd import spike_weights
-
-            weights = [spike_weights(e["spike_entropy"]) for e in ents]
-            rows = detect_lib.score_sequences(g, prompt_ids, token_ids, weights=weights,
-                                              ignore_repeated_ngrams=ignore_repeated_ngrams)
+        rows = wm.detect(prompt_ids, token_ids, model=model, ignore_repeated_ngrams=ignore_repeated_ngrams,
+                         batch_size=batch_size, device=device)
     else:
-        rows = detect_lib.score_sequences(g, prompt_ids, token_ids, ignore_repeated_ngrams=ignore_repeated_ngrams)
+        rows = wm.detect(prompt_ids, token_ids, ignore_repeated_ngrams=ignore_repeated_ngrams)
     for r in rows:
         weighted = name == "ewd"
         r["score"] = r["z_weighted"] if weighted else r["z"]
