@@ -69,7 +69,8 @@ SEEDINGS = ("hash", "lefthash", "selfhash", "unigram")
 SELFHASH_TABLE_SIZE = 1_000_003  # transformers' / the reference's fixed_table size (a prime)
 SELFHASH_CANDIDATES = 40  # candidates tested per row at generation (transformers: range(40))
 _CONTEXT_SALT = _i64(0xD6E8FEB86659FD93)  # separates context tokens from stream indices
-_PERM_CACHE_SIZE = 1024  # cached randperm green masks (lefthash: one per previous token)
+_PERM_CACHE_SIZE = 1024
+_HASH_TABLE_MAX = 1 << 24  # largest V * V whose hash mask (bool, 16 MiB) is precomputed for h = 1  # cached randperm green masks (lefthash: one per previous token)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ class GreenList:
         if self.seeding == "unigram":
             return _unigram_mask(self).to(device).expand(batch, -1).clone()
         if self.seeding == "hash":
+            if self.context_width == 1 and self.vocab_size**2 <= _HASH_TABLE_MAX:
+                # Small vocabularies: the whole [V, V] table (same bits) once, then a row gather.
+                return _hash_table(self, device)[input_ids[:, -1]]
             state = self._hash_state(input_ids[:, length - self.context_width :])
             vocab = torch.arange(self.vocab_size, dtype=torch.int64, device=device)
             return self._hash_green(state[:, None], vocab[None, :])
@@ -242,6 +246,13 @@ def _randperm_mask(green_list: GreenList, seed: int) -> torch.Tensor:
     mask = torch.zeros(green_list.vocab_size, dtype=torch.bool)
     mask[perm[: green_list.greenlist_size]] = True
     return mask
+
+
+@functools.lru_cache(maxsize=4)
+def _hash_table(green_list: GreenList, device: torch.device) -> torch.Tensor:
+    """``[V, V]`` bool: row ``p`` is the hash green mask after previous token ``p`` (h = 1)."""
+    vocab = torch.arange(green_list.vocab_size, dtype=torch.int64, device=device)
+    return green_list._hash_green(green_list._hash_state(vocab[:, None])[:, None], vocab[None, :])
 
 
 @functools.lru_cache(maxsize=4)
