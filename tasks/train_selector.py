@@ -7,7 +7,7 @@ from pathlib import Path
 
 from entroflow import model as model_lib
 from entroflow.data import tables
-from entroflow.data.tables import WATERMARK_FILES, watermark_prompts
+from entroflow.data.tables import WATERMARK_FILES
 from entroflow.progress import progress_bar
 from entroflow.watermark import green, keys, ltw, schemes
 from tasks._stage import StageOutput, stage
@@ -19,7 +19,8 @@ def train_selector(out: StageOutput, config: dict, parents: dict[str, Path]) -> 
     model, tokenizer = model_lib.load_model(model_lib.resolve_model_dir(parents["model"]), "float32", run["device"])
     fmt_prompts = _train_prompts(parents["generate_data"], config, tokenizer)
     g = schemes.green_list(scheme, model.config.vocab_size, keys.lookup(config["key"]))
-    encoder = ltw.ContextEncoder(cfg["embedding_model"], tokenizer, device=model.device)
+    encoder = ltw.ContextEncoder.load(cfg["embedding_model"], tokenizer, vocab_size=model.config.vocab_size,
+                                      device=model.device)
     n_seeds = len(config["seeds"])
     with progress_bar("train_selector", total=cfg["steps"] * n_seeds, unit="step") as advance:
         for i, seed in enumerate(config["seeds"]):
@@ -31,8 +32,10 @@ def train_selector(out: StageOutput, config: dict, parents: dict[str, Path]) -> 
             selector, history = ltw.train_selector(
                 model, tokenizer, fmt_prompts, g, scheme["delta"], encoder, steps=cfg["steps"],
                 batch_size=cfg["batch_size"], new_tokens=cfg["new_tokens"], lr=cfg["lr"], seed=seed,
-                entropy_centre=cfg["entropy_centre"], on_step=on_step)
-            ltw.save_selector(selector, out.dir / f"selector_s{seed}")
+                entropy_center=cfg["entropy_centre"], k=cfg["k"], device=model.device, on_step=on_step)
+            ltw.save_selector(selector, out.dir / f"selector_s{seed}",
+                              {"seed": seed, "scheme": scheme["name"], "embedding_model": cfg["embedding_model"],
+                               "encoder_fingerprint": encoder.fingerprint})
             last = history[-min(10, len(history)):]
             out.log(**{f"s{seed}/{k}_end": sum(r[k] for r in last) / len(last)
                        for k in ("loss_quality", "loss_detect", "mgda_alpha", "selected_mean")})

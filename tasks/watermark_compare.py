@@ -56,8 +56,11 @@ def watermark_compare(out: StageOutput, config: dict, parents: dict[str, Path]) 
                    "tpr_err": r["tpr_1pct"][1]}] for s, r in summ.items() if s != "none" and "tpr_1pct" in r}
     plots.plot_quality_tradeoff(points, out.dir / "tradeoff.png", reference_ppl=none_ppl)
     curves = compare_lib.attack_curves(detect, config["attacks"], seeds)
+    label = "TPR @ 1% FPR"
+    if not curves:  # too few negatives to resolve 1% FPR: AUROC instead
+        curves, label = compare_lib.attack_curves(detect, config["attacks"], seeds, metric="auroc"), "AUROC"
     if curves:
-        plots.plot_attack_strength(curves, out.dir / "attacks.png")
+        plots.plot_attack_strength(curves, out.dir / "attacks.png", metric_label=label)
     else:
         names.remove("attacks.png")
     plots.plot_detection_vs_length(lengths, out.dir / "length.png", metric_label=f"TPR at z >= {z:g}")

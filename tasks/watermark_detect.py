@@ -20,7 +20,7 @@ from entroflow import model as model_lib
 from entroflow import rollout as rollout_lib
 from entroflow.data import tables
 from entroflow.data.tables import WATERMARK_FILES
-from entroflow.watermark import attacks, detect, entropy, green, keys, ltw, metrics, schemes
+from entroflow.watermark import attacks, detect, entropy, ewd, green, keys, kgw, ltw, metrics, schemes, sweet, unigram
 from tasks._stage import StageOutput, stage
 
 ROW_COLUMNS = ("prompt_id", "wm_seed", "variant", "attack", "strength", "token_ids", "num_tokens_generated",
@@ -28,7 +28,7 @@ ROW_COLUMNS = ("prompt_id", "wm_seed", "variant", "attack", "strength", "token_i
                "scored_fraction")
 
 
-@stage("watermark_detect", code=[model_lib, rollout_lib, lean_lm, tables, schemes, green, detect, entropy, ltw,
+@stage("watermark_detect", code=[model_lib, rollout_lib, lean_lm, tables, schemes, green, kgw, unigram, sweet, ewd, detect, entropy, ltw,
                                  attacks, metrics, keys],
        main_table="detections.parquet", reads={"generate_data": WATERMARK_FILES})
 def watermark_detect(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
@@ -82,7 +82,7 @@ def watermark_detect(out: StageOutput, config: dict, parents: dict[str, Path]) -
     for seed in seeds:  # LTW replays the selector of the seed that generated the text
         part = [t for t in texts if t[1] == seed]
         if scheme["name"].startswith("ltw_"):
-            ltw_parts = schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, model.device)
+            ltw_parts = schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, vocab, model.device)
         scored = schemes.detect(scheme, vocab, key, [t[5] for t in part], [t[6] for t in part],
                                 ignore_repeated_ngrams=det["ignore_repeated_ngrams"], model=model,
                                 ltw=ltw_parts or None, batch_size=gen["batch_size"], device=model.device)

@@ -18,12 +18,12 @@ from entroflow import rollout as rollout_lib
 from entroflow.data import tables
 from entroflow.data.tables import WATERMARK_FILES, eval_problems, watermark_prompts
 from entroflow.progress import progress_bar
-from entroflow.watermark import detect, entropy, green, keys, kgw, ltw, schemes, sweet, unigram
+from entroflow.watermark import detect, entropy, ewd, green, keys, kgw, ltw, schemes, sweet, unigram
 from tasks._stage import StageOutput, stage
 
 
 @stage("watermark_generate", code=[rollout_lib, lean_lm, model_lib, tables, schemes, green, kgw, unigram, sweet, ltw,
-                                   entropy, detect, keys],
+                                   ewd, entropy, detect, keys],
        main_table="completions.parquet", reads={"generate_data": WATERMARK_FILES})
 def watermark_generate(out: StageOutput, config: dict, parents: dict[str, Path]) -> None:
     gen, scheme, run = config["generate"], config["scheme"], config["runtime"]
@@ -41,7 +41,7 @@ def watermark_generate(out: StageOutput, config: dict, parents: dict[str, Path])
     task = eval_problems(parents["generate_data"], "test", quality["task_prompts"])
     completions, answers = [], []
     for seed in config["seeds"]:
-        ltw = (schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, model.device)
+        ltw = (schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, vocab, model.device)
                if scheme is not None and scheme["name"].startswith("ltw_") else None)
 
         def procs(fp):

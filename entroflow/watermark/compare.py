@@ -151,7 +151,12 @@ def claims(summ: dict[str, dict], detect: dict[str, dict], seeds: list[int]) -> 
         s, k = summ["sweet"]["task_sampled_acc"], summ["kgw"]["task_sampled_acc"]
         gap_s, gap_k = abs(s[0] - none["task_sampled_acc"][0]), abs(k[0] - none["task_sampled_acc"][0])
         spread = max(s[1], k[1]) if n > 1 else 0.0
-        verdict = UNTESTABLE if math.isnan(gap_s + gap_k) else (HOLDS if gap_s + spread < gap_k else FAILS)
+        if math.isnan(gap_s + gap_k):
+            verdict = UNTESTABLE
+        elif gap_k <= spread or gap_k == 0:
+            verdict = UNTESTABLE  # KGW itself costs no utility here: nothing for SWEET to preserve
+        else:
+            verdict = HOLDS if gap_s + spread < gap_k else FAILS
         add("SWEET (Lee et al. 2024)", "Watermarking only high-entropy tokens preserves low-entropy task utility "
             "better than KGW", verdict,
             f"sampled accuracy (%) SWEET {fmt(s, 1, True)}, KGW {fmt(k, 1, True)}, unwatermarked "
@@ -160,8 +165,8 @@ def claims(summ: dict[str, dict], detect: dict[str, dict], seeds: list[int]) -> 
         e, k = summ["ewd"], summ["kgw"]
         saturated = e["auroc"][0] >= 0.999 and k["auroc"][0] >= 0.999 and \
             e["tpr_1pct"][0] >= 0.999 and k["tpr_1pct"][0] >= 0.999
-        if saturated:
-            verdict, note = UNTESTABLE, " (both saturated on clean text)"
+        if saturated or math.isnan(e["tpr_1pct"][0]) or math.isnan(k["tpr_1pct"][0]):
+            verdict, note = UNTESTABLE, " (both saturated on clean text)" if saturated else " (too few negatives)"
         else:
             verdict, note = (HOLDS if e["tpr_1pct"][0] > k["tpr_1pct"][0] else FAILS), ""
         add("EWD (Lu et al. 2024)", "Entropy-weighted detection detects better than KGW's on the same text", verdict,
@@ -179,7 +184,7 @@ def claims(summ: dict[str, dict], detect: dict[str, dict], seeds: list[int]) -> 
             parts.append(f"{attack} 0.3: Unigram {fmt(u, 3)} vs KGW {fmt(k, 3)}")
         verdict = UNTESTABLE if total == 0 else (HOLDS if wins == total else FAILS)
         add("Unigram (Zhao et al. 2024)", "A fixed green list is more robust to edits than a context-seeded one",
-            verdict, "; ".join(parts) or "no attack at strength 0.3 in this config")
+            verdict, "; ".join(parts) or "no attack at strength 0.3 with enough negatives to resolve 1% FPR")
     return out
 
 

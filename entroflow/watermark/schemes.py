@@ -85,6 +85,9 @@ def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]],
 
         rows = ltw_detect(model, ltw.encoder, ltw.selector, wm.green_list, prompt_ids, token_ids, k=ltw.k,
                           ignore_repeated_ngrams=ignore_repeated_ngrams, batch_size=batch_size, device=device)
+        for r in rows:
+            r.setdefault("z_weighted", None)
+            r.setdefault("p_value_weighted", None)
     elif name in ("sweet", "ewd"):
         rows = wm.detect(prompt_ids, token_ids, model=model, ignore_repeated_ngrams=ignore_repeated_ngrams,
                          batch_size=batch_size, device=device)
@@ -98,11 +101,11 @@ def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]],
     return rows
 
 
-def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, tokenizer, device) -> LTWParts:
+def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, tokenizer, vocab_size: int, device) -> LTWParts:
     """The trained selector of ``seed`` (train_selector's output) and the context encoder."""
     from entroflow.watermark import ltw
 
-    encoder = ltw.ContextEncoder(ltw_cfg["embedding_model"], tokenizer, device=device)
-    selector = ltw.load_selector(selector_dir / f"selector_s{seed}")
+    encoder = ltw.ContextEncoder.load(ltw_cfg["embedding_model"], tokenizer, vocab_size=vocab_size, device=device)
+    selector, _ = ltw.load_selector(selector_dir / f"selector_s{seed}", device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return LTWParts(selector=selector, encoder=encoder, k=ltw_cfg["k"], pad_id=pad)
