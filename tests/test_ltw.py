@@ -81,7 +81,7 @@ def model(tok):
 
 @pytest.fixture(scope="module")
 def encoder(tok):
-    return ltw.ContextEncoder.load(ltw.PACKAGED_MINILM, tok, len(tok))
+    return ltw.ContextEncoder(ltw.PACKAGED_MINILM, tok)  # as the flow builds it
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,8 @@ def test_adaptive_threshold_rule():
 def test_save_load_roundtrip(tmp_path):
     sel = ltw.Selector(384, seed=5)
     sha = ltw.save_selector(sel, tmp_path / "sel", {"k": 6, "delta": 2.0})
-    back, meta = ltw.load_selector(tmp_path / "sel")
+    back = ltw.load_selector(tmp_path / "sel")
+    meta = back.settings
     assert meta["sha256"] == sha == ltw.selector_fingerprint(back) and meta["k"] == 6
     for (n1, p1), (n2, p2) in zip(sel.state_dict().items(), back.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
@@ -263,14 +264,14 @@ def test_replay_decisions_equal_generation(model, tok, encoder, green, temperatu
     rows = table.to_pylist()
     assert {r["n_tokens"] for r in rows} >= {6, 20}
     res = ltw.ltw_detect(model, encoder, sel, green, [r["prompt_token_ids"] for r in rows],
-                         [r["token_ids"] for r in rows], pad_id=tok.pad_token_id, batch_size=5)
+                         [r["token_ids"] for r in rows], batch_size=5)
     n_sel = 0
     for row, rec, det in zip(rows, _records_by_row(table, record), res):
         T = row["n_tokens"]
         want = np.array(rec["decisions"][:T], dtype=bool)
         assert det["num_tokens_generated"] == T
-        assert np.array_equal(det["scored"], want), (row["prompt_id"], row["sample_idx"])
-        assert det["num_tokens_scored"] == int(want.sum())
+        assert np.array_equal(det["selected"], want), (row["prompt_id"], row["sample_idx"])
+        assert det["num_tokens_selected"] == det["num_tokens_scored"] == int(want.sum())
         n_sel += int(want.sum())
     total = sum(r["n_tokens"] for r in rows)
     assert 0.1 * total < n_sel < 0.9 * total  # the selector is genuinely selective
@@ -285,11 +286,24 @@ def test_watermarked_z_above_unwatermarked(model, tok, encoder, green):
     for name, table in (("wm", wm), ("plain", plain)):
         rows = table.to_pylist()
         det[name] = ltw.ltw_detect(model, encoder, sel, green, [r["prompt_token_ids"] for r in rows],
-                                   [r["token_ids"] for r in rows], pad_id=tok.pad_token_id)
-    z_wm = np.array([d["z_score"] for d in det["wm"]])
-    z_plain = np.array([d["z_score"] for d in det["plain"]])
+                                   [r["token_ids"] for r in rows])
+    z_wm = np.array([d["z"] for d in det["wm"]])
+    z_plain = np.array([d["z"] for d in det["plain"]])
     assert z_wm.mean() > z_plain.mean() + 2.0
     assert z_wm.min() > z_plain.max() - 1.0
+    from scipy import stats
+
+    for d in det["wm"] + det["plain"]:
+        T, G = d["num_tokens_scored"], d["num_green"]
+        assert T == d["num_tokens_selected"] == sum(d["selected"])
+        assert d["z"] == pytest.approx((G - 0.5 * T) / np.sqrt(T * 0.25))
+        assert d["p_value"] == pytest.approx(stats.binom.sf(G - 1, T, 0.5))
+    rows = wm.to_pylist()
+    dedup = ltw.ltw_detect(model, encoder, sel, green, [r["prompt_token_ids"] for r in rows],
+                           [r["token_ids"] for r in rows], ignore_repeated_ngrams=True)
+    for a, b in zip(dedup, det["wm"]):
+        assert a["selected"] == b["selected"] and a["num_tokens_scored"] <= b["num_tokens_scored"]
+    assert sum(a["num_tokens_scored"] for a in dedup) < sum(b["num_tokens_scored"] for b in det["wm"])
     frac = np.mean([d["selected_fraction"] for d in det["wm"]])
     assert 0.15 < frac < 0.85, frac
     for d in det["wm"]:
@@ -301,8 +315,9 @@ def test_detect_nothing_selected(model, tok, encoder, green):
     sel = ltw.Selector(384, seed=0)
     with torch.no_grad():
         sel.fc4.bias.fill_(-30.0)  # s ~ 0: never selected
-    res = ltw.ltw_detect(model, encoder, sel, green, [[1, 5, 6]], [[7, 8, 9, 2]], pad_id=PAD)
-    assert res[0]["num_tokens_scored"] == 0 and res[0]["z_score"] == 0.0 and res[0]["p_value"] == 1.0
+    res = ltw.ltw_detect(model, encoder, sel, green, [[1, 5, 6]], [[7, 8, 9, 2]])
+    assert res[0]["num_tokens_scored"] == res[0]["num_tokens_selected"] == 0
+    assert res[0]["z"] == 0.0 and res[0]["p_value"] == 1.0 and res[0]["selected"] == [False] * 4
 
 
 # ------------------------------------------------------------------------------------ training
@@ -315,7 +330,7 @@ def test_train_selector_three_steps(model, tok, encoder, green, feature_grad):
     before = {k: v.clone() for k, v in sel0.state_dict().items()}
     seen = []
     sel, hist = ltw.train_selector(model, tok, prompts, green, 2.0, encoder, steps=3, batch_size=3,
-                                   new_tokens=8, lr=1e-3, seed=0, entropy_center=2.0, selector=sel0,
+                                   new_tokens=8, lr=1e-3, seed=0, entropy_centre=2.0, selector=sel0,
                                    feature_grad=feature_grad,
                                    on_step=seen.append)
     assert len(hist) == 3 and seen == hist

@@ -58,7 +58,7 @@ and the two-task MGDA step (Sener & Koltun's min-norm point of the segment [g_Q,
             (g_Q - g_D).g_Q / ||g_Q - g_D||^2   otherwise
     alpha = max(alpha, 0.001);   grad = alpha g_D + (1 - alpha) g_Q;   Adam(lr 1e-4, wd 0.01)
 
-``c`` (``entropy_center``) is 3 nats in the reference, tuned to OPT's 50k vocabulary, where
+``c`` (``entropy_centre``) is 3 nats in the reference, tuned to OPT's 50k vocabulary, where
 entropies spread over 0-8 nats; a 512-token tiny-world model mostly lives in 0-3 nats, where
 ``c = 3`` would push almost every position towards "not selected". The caller sets it (e.g. a
 quantile of the model's entropies); the default stays the reference's 3.
@@ -87,13 +87,12 @@ Porting choices (reference §3.7, not from the paper)
   sentence model sees ``p_mix``. The LM is frozen and runs without autograd.
 * **Selector features in training** (``feature_grad``). The reference computes ``e_t`` from the
   soft rows ``p_mix @ B`` of the last k steps *with* gradient, so ``s_t`` also trains through its
-  effect on later features (a second-order path through k sentence-model forwards per step).
-  That costs ~3 sentence-model passes per generated token (forward + two backward passes for
-  the two MGDA gradients): about a minute per step at batch 8 x 48 tokens on two CPU cores.
-  The default ``feature_grad=False`` computes ``e_t`` from the *hard* window, without gradient:
-  exactly the features the processor and the detector see, at one forward per token. The
-  first-order paths stay differentiable: ``s_t`` -> bias -> ``p_mix`` -> similarity and soft
-  z, and ``s_t`` -> later ratios. ``feature_grad=True`` is the reference's variant.
+  effect on later features (a path through k sentence-model forwards per step); that is the
+  default. ``feature_grad=False`` computes ``e_t`` from the *hard* window without gradient:
+  exactly the features the processor and the detector see, and ~2.5x cheaper (one sentence-model
+  forward per token instead of a forward and two backward passes). The first-order paths stay
+  differentiable either way: ``s_t`` -> bias -> ``p_mix`` -> similarity and soft z, and ``s_t``
+  -> later ratios.
 * **The similarity is computed on the whole generated sequences** (as the reference), not on the
   last k tokens; positions after a row's first EOS are masked out of every loss and of the
   embeddings when ``stop_on_eos`` (the reference has no EOS handling; at generation those
@@ -192,12 +191,17 @@ def _decide(selector: Selector, emb: torch.Tensor, entropy: torch.Tensor, counts
     return s, s > adaptive_threshold(ratio, thresholds)
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of ``softmax(logits)`` per row, float32; ``-inf`` logits give 0
-    contribution (``H = logsumexp(z) - sum_v p_v z_v``, no ``0 * log 0``)."""
-    z = logits.float()
-    p = torch.softmax(z, dim=-1)
-    return torch.logsumexp(z, dim=-1) - (p * torch.where(torch.isneginf(z), torch.zeros_like(z), z)).sum(-1)
+def _entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of ``softmax(scores)`` per row, float32; ``-inf`` scores contribute 0.
+
+    The entropy service's ``shannon_entropy`` when present (the detector's full forward uses it
+    too), else the same formula here."""
+    try:
+        from entroflow.watermark.entropy import shannon_entropy  # schemes branch
+    except ImportError:
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        return -(logp.exp() * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))).sum(-1)
+    return shannon_entropy(scores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,8 +230,14 @@ class ContextEncoder:
     """
 
     def __init__(self, sentence_model, lm_tokenizer, vocab_size: int | None = None,
-                 device: str | torch.device | None = None, name: str = ""):
-        self.name = name
+                 device: str | torch.device | None = None, name: str | None = None):
+        if isinstance(sentence_model, (str, Path)):  # a name (the packaged MiniLM) or a local dir
+            from sentence_transformers import SentenceTransformer
+
+            name = str(sentence_model) if name is None else name
+            path = resolve_sentence_model(sentence_model)
+            sentence_model = SentenceTransformer(str(path), device=str(device or "cpu"), local_files_only=True)
+        self.name = name or ""
         self.st = sentence_model.eval()
         self.device = torch.device(device) if device is not None else next(self.st.parameters()).device
         self.st.to(self.device)
@@ -251,11 +261,15 @@ class ContextEncoder:
     @classmethod
     def load(cls, name_or_path: str | Path, lm_tokenizer, vocab_size: int | None = None,
              device: str | torch.device = "cpu") -> "ContextEncoder":
-        from sentence_transformers import SentenceTransformer
+        return cls(name_or_path, lm_tokenizer, vocab_size, device=device)
 
-        path = resolve_sentence_model(name_or_path)
-        st = SentenceTransformer(str(path), device=str(device), local_files_only=True)
-        return cls(st, lm_tokenizer, vocab_size, device=device, name=str(name_or_path))
+    def rows_for(self, vocab_size: int) -> torch.Tensor:
+        """The bridge table with at least ``vocab_size`` rows: ids past the tokenizer (a logits
+        width padded beyond ``len(tokenizer)``) decode to nothing, hence zero rows."""
+        if self.table.shape[0] < vocab_size:
+            pad = torch.zeros(vocab_size - self.table.shape[0], self.input_dim, device=self.device)
+            self.table = torch.cat([self.table, pad])
+        return self.table
 
     def encode_rows(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings ``[N, dim]`` of token-row sequences ``rows [N, W, E_in]`` of which
@@ -289,7 +303,8 @@ class ContextEncoder:
         valid = valid.to(self.device, torch.bool)
         ids = torch.where(valid, ids.to(self.device), torch.full_like(ids, -1, device=self.device))
         uniq, inv = torch.unique(ids, dim=0, return_inverse=True)
-        emb = self.encode_rows(self.table[uniq.clamp(min=0)], uniq >= 0)
+        table = self.rows_for(int(uniq.max()) + 1) if uniq.numel() else self.table
+        emb = self.encode_rows(table[uniq.clamp(min=0)], uniq >= 0)
         return emb[inv]
 
 
@@ -446,57 +461,38 @@ def _entropy_service():
     return next_token_entropies
 
 
-def ltw_detect(model, encoder: ContextEncoder, selector: Selector, green: "GreenList",
-               prompt_ids: Sequence[Sequence[int]], token_ids: Sequence[Sequence[int]], *,
-               k: int = 6, thresholds=DEFAULT_THRESHOLDS, pad_id: int = 0, batch_size: int = 64,
-               device: str | torch.device = "cpu", entropies: Sequence[torch.Tensor] | None = None,
-               ) -> list[dict[str, Any]]:
-    """Replay LTW's selection on each (prompt, generated tokens) pair and z-test the selected
-    positions. All sequences' position ``t`` is decided in one batch.
+def ltw_select(encoder: ContextEncoder, selector: Selector, prompt_ids: Sequence[Sequence[int]],
+               token_ids: Sequence[Sequence[int]], entropies: Sequence, *, k: int = 6,
+               thresholds=DEFAULT_THRESHOLDS) -> list[np.ndarray]:
+    """Replay the selector: per sequence, the bool decision of every generated position.
 
-    ``entropies``: optional raw next-token entropies per generated position (from a trusted
-    forward of the same LM); by default one full forward is run here. ``pad_id`` fills the
-    green-list context of positions with fewer than ``h`` preceding tokens, as the engine's left
-    padding does. Returns per sequence: ``num_tokens_generated``, ``num_tokens_scored``
-    (selected), ``num_green``, ``green_fraction``, ``z_score``, ``p_value`` (exact binomial),
-    ``selected_fraction`` and ``scored`` (bool array over generated positions).
+    Position ``t`` of every sequence is decided in one batch (a decision needs only the row's own
+    earlier decisions); ``entropies[i][t]`` is the raw entropy before ``token_ids[i][t]``.
     """
-    from scipy.stats import binom
-
     N = len(token_ids)
-    if len(prompt_ids) != N:
-        raise ValueError(f"{len(prompt_ids)} prompts but {N} generations")
+    if len(prompt_ids) != N or len(entropies) != N:
+        raise ValueError(f"{len(prompt_ids)} prompts, {len(entropies)} entropy rows for {N} sequences")
     if N == 0:
         return []
-    if entropies is None:
-        service = _entropy_service()
-        if service is not None:
-            entropies = service(model, prompt_ids, token_ids, batch_size, device)
-        else:
-            entropies = _next_token_entropies(model, prompt_ids, token_ids, batch_size, device)
-    entropies = [torch.as_tensor(np.asarray(e), dtype=torch.float32) for e in entropies]
     lens = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
-    T_max = int(lens.max()) if N else 0
-    P_max = max(len(p) for p in prompt_ids)
-    h = int(getattr(green, "context_width", 1))
+    T_max, P_max = int(lens.max()), max(len(p) for p in prompt_ids)
     # prompt right-aligned at column P_max, generation from P_max on; -1 = nothing there
     X = torch.full((N, P_max + T_max), -1, dtype=torch.long)
     Hm = torch.zeros((N, T_max), dtype=torch.float32)
     for i, (p, g) in enumerate(zip(prompt_ids, token_ids)):
+        e = torch.as_tensor(np.asarray(entropies[i], dtype=np.float32))
+        if len(e) < len(g):
+            raise ValueError(f"sequence {i}: {len(e)} entropies for {len(g)} tokens")
         X[i, P_max - len(p) : P_max] = torch.tensor(list(p), dtype=torch.long)
         X[i, P_max : P_max + len(g)] = torch.tensor(list(g), dtype=torch.long)
-        Hm[i, : len(g)] = entropies[i][: len(g)]
-        if len(entropies[i]) < len(g):
-            raise ValueError(f"sequence {i}: {len(entropies[i])} entropies for {len(g)} tokens")
+        Hm[i, : len(g)] = e[: len(g)]
     selected = torch.zeros((N, T_max), dtype=torch.bool)
-    greens = torch.zeros((N, T_max), dtype=torch.bool)
     counts = torch.zeros(N, dtype=torch.long)
     with torch.no_grad():
         for t in range(T_max):
             rows = (lens > t).nonzero().squeeze(1)
             ctx = X[rows, : P_max + t]
-            start = torch.zeros(len(rows), dtype=torch.long)  # -1 marks what is not there
-            win, _ = _window(ctx, start, k)
+            win, _ = _window(ctx, torch.zeros(len(rows), dtype=torch.long), k)
             valid = win >= 0
             if ctx.shape[1] < k:
                 valid[:, : k - ctx.shape[1]] = False
@@ -505,36 +501,89 @@ def ltw_detect(model, encoder: ContextEncoder, selector: Selector, green: "Green
             m = m.cpu()
             counts[rows] += m.long()
             selected[rows, t] = m
-            if bool(m.any()):
-                sel = rows[m]
-                tok = X[sel, P_max + t]
-                if h > 0:
-                    cx = X[sel, P_max + t - h : P_max + t] if P_max + t >= h else None
-                    if cx is None or cx.shape[1] < h:
-                        full = X[sel, : P_max + t]
-                        cx = torch.cat([torch.full((len(sel), h - full.shape[1]), -1, dtype=torch.long), full], 1)
-                    cx = torch.where(cx < 0, torch.full_like(cx, int(pad_id)), cx)
-                else:
-                    cx = torch.zeros((len(sel), 0), dtype=torch.long)
-                greens[sel, t] = green.is_green(cx, tok).cpu().bool()
-    gamma = float(green.gamma)
-    out = []
-    for i in range(N):
-        T = int(lens[i])
-        sc = selected[i, :T].numpy().copy()
-        n_sc = int(sc.sum())
-        n_g = int(greens[i, :T].sum())
-        if n_sc > 0:
-            z = (n_g - gamma * n_sc) / math.sqrt(n_sc * gamma * (1 - gamma))
-            p = float(binom.sf(n_g - 1, n_sc, gamma))
-        else:
-            z, p = 0.0, 1.0
-        out.append({
-            "num_tokens_generated": T, "num_tokens_scored": n_sc, "num_green": n_g,
-            "green_fraction": n_g / n_sc if n_sc else 0.0, "z_score": float(z), "p_value": p,
-            "selected_fraction": n_sc / T if T else 0.0, "scored": sc,
-        })
-    return out
+    return [selected[i, : int(lens[i])].numpy().copy() for i in range(N)]
+
+
+def _score_fallback(green: "GreenList", prompt_ids, token_ids, scored, ignore_repeated_ngrams: bool,
+                    eos_token_id: int | None) -> list[dict]:
+    """Minimal stand-in for ``entroflow.watermark.detect.score_sequences`` (same keys and rules:
+    trailing EOS dropped when ``eos_token_id`` is given, contexts are the last ``h`` tokens of
+    prompt + earlier generated tokens, optional first-occurrence n-grams, exact binomial p)."""
+    from scipy import stats
+
+    gamma, h = float(green.gamma), int(green.context_width)
+    rows = []
+    for p, g, sc in zip(prompt_ids, token_ids, scored):
+        g, sc = list(g), np.asarray(sc, dtype=bool)
+        if eos_token_id is not None and g and g[-1] == eos_token_id:
+            g, sc = g[:-1], sc[:-1]
+        ext = list(p) + g
+        pos = [t for t in range(len(g)) if sc[t] and len(p) + t >= h]
+        bits = np.zeros(len(g), dtype=bool)
+        if pos:
+            ctx = torch.tensor([ext[len(p) + t - h : len(p) + t] for t in pos], dtype=torch.long).view(len(pos), h)
+            bits[pos] = green.is_green(ctx, torch.tensor([g[t] for t in pos])).cpu().numpy()
+        if ignore_repeated_ngrams:
+            seen, keep = set(), []
+            for t in pos:
+                key = (tuple(ext[len(p) + t - h : len(p) + t]), g[t])
+                if key not in seen:
+                    seen.add(key)
+                    keep.append(t)
+            pos = keep
+        T, G = len(pos), int(bits[pos].sum()) if pos else 0
+        z = (G - gamma * T) / math.sqrt(T * gamma * (1 - gamma)) if T else 0.0
+        rows.append({"num_tokens_generated": len(g), "num_tokens_scored": T, "num_green": G,
+                     "green_fraction": G / T if T else float("nan"), "z": float(z),
+                     "p_value": float(stats.binom.sf(G - 1, T, gamma)) if T else 1.0,
+                     "p_value_normal": float(stats.norm.sf(z)) if T else 1.0})
+    return rows
+
+
+def ltw_detect(model, encoder: ContextEncoder, selector: Selector, green: "GreenList",
+               prompt_ids: Sequence[Sequence[int]], token_ids: Sequence[Sequence[int]], *,
+               k: int = 6, thresholds=DEFAULT_THRESHOLDS, batch_size: int = 16,
+               device: str | torch.device = "cpu", entropies: Sequence | None = None,
+               ignore_repeated_ngrams: bool = False, eos_token_id: int | None = None) -> list[dict[str, Any]]:
+    """Replay LTW's selection on each (prompt, generated tokens) pair and z-test the selected
+    positions.
+
+    ``entropies``: optional raw next-token entropies per generated position from a trusted forward
+    of the same LM; by default they are recomputed here with one full forward (the entropy
+    service ``entroflow.watermark.entropy.next_token_entropies`` when present). Scoring is
+    ``entroflow.watermark.detect.score_sequences`` with ``scored`` = the replayed selection when
+    that module is present (else a minimal equivalent): ``ignore_repeated_ngrams`` defaults to
+    False as in the LTW reference; ``eos_token_id`` drops a trailing EOS from scoring.
+
+    Returns per sequence the scoring keys (``num_tokens_generated``, ``num_tokens_scored``,
+    ``num_green``, ``green_fraction`` (NaN when nothing is scored), ``z``, ``p_value`` (exact
+    binomial), ``p_value_normal``, ...) plus ``num_tokens_selected``, ``selected_fraction``
+    (selected / generated, before any EOS strip) and ``selected`` (list of bool per generated
+    token). Nothing selected: ``z = 0``, ``p = 1``.
+    """
+    N = len(token_ids)
+    if len(prompt_ids) != N:
+        raise ValueError(f"{len(prompt_ids)} prompts but {N} generations")
+    if N == 0:
+        return []
+    if entropies is None:
+        service = _entropy_service() or _next_token_entropies
+        entropies = service(model, prompt_ids, token_ids, batch_size, device)
+    selected = ltw_select(encoder, selector, prompt_ids, token_ids, entropies, k=k, thresholds=thresholds)
+    try:
+        from entroflow.watermark.detect import score_sequences  # schemes branch
+    except ImportError:
+        score_sequences = None
+    if score_sequences is not None:
+        rows = score_sequences(green, prompt_ids, token_ids, ignore_repeated_ngrams=ignore_repeated_ngrams,
+                               eos_token_id=eos_token_id, scored=[m.tolist() for m in selected])
+    else:
+        rows = _score_fallback(green, prompt_ids, token_ids, selected, ignore_repeated_ngrams, eos_token_id)
+    for row, m, g in zip(rows, selected, token_ids):
+        row["num_tokens_selected"] = int(m.sum())
+        row["selected_fraction"] = float(m.sum()) / len(g) if len(g) else 0.0
+        row["selected"] = m.tolist()
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -603,10 +652,10 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def train_selector(model, tokenizer, prompts_ids: Sequence[Sequence[int]], green: "GreenList", delta: float,
                    encoder: ContextEncoder, *, steps: int = 100, batch_size: int = 8, new_tokens: int = 48,
                    lr: float = 1e-4, weight_decay: float = 0.01, seed: int = 0, k: int = 6,
-                   sim_factor: float = 1.5, entropy_factor: float = 0.55, entropy_center: float = 3.0,
+                   sim_factor: float = 1.5, entropy_factor: float = 0.55, entropy_centre: float = 3.0,
                    entropy_mul: float = 1.0, output_fix_factor: float = 0.1, wmratio_factor: float = 0.4,
                    z_score_factor: float = 0.85, mix_ratio: float = 0.5, mgda_floor: float = 0.001,
-                   stop_on_eos: bool = True, feature_grad: bool = False, selector: Selector | None = None,
+                   stop_on_eos: bool = True, feature_grad: bool = True, selector: Selector | None = None,
                    device: str | torch.device = "cpu",
                    on_step: Callable[[dict], None] | None = None) -> tuple[Selector, list[dict]]:
     """Train LTW's selector with differentiable greedy rollouts and the two-task MGDA step.
@@ -615,9 +664,9 @@ def train_selector(model, tokenizer, prompts_ids: Sequence[Sequence[int]], green
     ``batch_size`` prompts (a seeded permutation, cycling), runs the two lock-step rollouts of
     ``new_tokens`` tokens, computes ``L_Q`` and ``L_D`` (module docstring; factors default to the
     reference's), back-propagates each to the selector's flattened gradient and applies
-    ``alpha g_D + (1 - alpha) g_Q`` with Adam. ``entropy_center`` is the ``c`` of the entropy
+    ``alpha g_D + (1 - alpha) g_Q`` with Adam. ``entropy_centre`` is the ``c`` of the entropy
     prior ``sigmoid(entropy_mul (H - c))``. ``feature_grad``: window features from soft rows with
-    gradient (the reference) instead of hard tokens without (default; module docstring).
+    gradient (the reference; default) or from hard tokens without (cheaper; module docstring).
     ``stop_on_eos``: positions after a row's first EOS leave the losses and the embeddings.
     Returns the selector and one history row per step.
     """
@@ -633,7 +682,6 @@ def train_selector(model, tokenizer, prompts_ids: Sequence[Sequence[int]], green
     gamma = float(green.gamma)
     eos = tokenizer.eos_token_id if stop_on_eos else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    table = encoder.table.to(dev)
     gen = torch.Generator().manual_seed(int(seed))
     order: list[int] = []
     history: list[dict] = []
@@ -656,6 +704,8 @@ def train_selector(model, tokenizer, prompts_ids: Sequence[Sequence[int]], green
         both = torch.cat([ids, ids])
         with torch.no_grad():
             logits = lm.start(both, torch.cat([pvalid, pvalid]).long(), new_tokens)
+        V = logits.shape[-1]
+        table = encoder.rows_for(V)[:V].to(dev)  # one bridge row per logit
         ctx_w = ids  # hard watermarked context (green lists are seeded from it)
         rows_w = [table[ids]]  # feature rows of the watermarked context: prompt, then p_mix @ B
         vrows = [pvalid]
@@ -702,7 +752,7 @@ def train_selector(model, tokenizer, prompts_ids: Sequence[Sequence[int]], green
         cos = F.cosine_similarity(emb_w, emb_u, dim=-1)
         s_tot = (S * VW).sum(1)
         z_soft = ((GR * VW).sum(1) - gamma * s_tot) / torch.sqrt(gamma * (1 - gamma) * s_tot.clamp(min=1e-6))
-        target = torch.sigmoid(entropy_mul * (HS - entropy_center))
+        target = torch.sigmoid(entropy_mul * (HS - entropy_centre))
         bce = _masked_mean(F.binary_cross_entropy(S, target, reduction="none"), VW)
         out_fix = -_masked_mean((S - 0.5) ** 2, VW)
         mse = _masked_mean((S - (1 - R)) ** 2, VW)
@@ -762,8 +812,9 @@ def save_selector(selector: Selector, out_dir: str | Path, settings: dict | None
     return sha
 
 
-def load_selector(path: str | Path, device: str | torch.device = "cpu") -> tuple[Selector, dict]:
-    """Load what :func:`save_selector` wrote; raises if the weights' sha256 does not match."""
+def load_selector(path: str | Path, device: str | torch.device = "cpu") -> Selector:
+    """Load what :func:`save_selector` wrote (eval mode); raises if the weights' sha256 does not
+    match the recorded one. The JSON settings are on ``selector.settings``."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -773,4 +824,5 @@ def load_selector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     sha = selector_fingerprint(sel)
     if sha != meta.get("sha256"):
         raise ValueError(f"selector at {p}: sha256 {sha} != recorded {meta.get('sha256')}")
-    return sel.to(device).eval(), meta
+    sel.settings = meta
+    return sel.to(device).eval()
