@@ -353,6 +353,9 @@ class LTWCfg(Strict):
     new_tokens: int = Field(default=48, ge=2)
     lr: float = Field(default=1e-3, gt=0)
     entropy_centre: float = Field(default=1.0, ge=0)  # the quality loss' entropy prior sigma(H - centre)
+    # The reference back-propagates through the window features (soft token mix -> MiniLM);
+    # false builds them from the hard tokens the detector sees (no gradient, ~2.5x cheaper).
+    feature_grad: bool = True
 
 
 class WatermarkGenerateCfg(Strict):

@@ -32,7 +32,7 @@ def train_selector(out: StageOutput, config: dict, parents: dict[str, Path]) -> 
             selector, history = ltw.train_selector(
                 model, tokenizer, fmt_prompts, g, scheme["delta"], encoder, steps=cfg["steps"],
                 batch_size=cfg["batch_size"], new_tokens=cfg["new_tokens"], lr=cfg["lr"], seed=seed,
-                entropy_center=cfg["entropy_centre"], k=cfg["k"], device=model.device, on_step=on_step)
+                entropy_centre=cfg["entropy_centre"], feature_grad=cfg["feature_grad"], k=cfg["k"], device=model.device, on_step=on_step)
             ltw.save_selector(selector, out.dir / f"selector_s{seed}",
                               {"seed": seed, "scheme": scheme["name"], "embedding_model": cfg["embedding_model"],
                                "encoder_fingerprint": encoder.fingerprint})

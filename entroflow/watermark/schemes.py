@@ -106,6 +106,6 @@ def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, tokenizer, vocab_size: int
     from entroflow.watermark import ltw
 
     encoder = ltw.ContextEncoder.load(ltw_cfg["embedding_model"], tokenizer, vocab_size=vocab_size, device=device)
-    selector, _ = ltw.load_selector(selector_dir / f"selector_s{seed}", device=device)
+    selector = ltw.load_selector(selector_dir / f"selector_s{seed}", device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return LTWParts(selector=selector, encoder=encoder, k=ltw_cfg["k"], pad_id=pad)
