@@ -378,9 +378,28 @@ class WatermarkQualityCfg(Strict):
     (``model.source: scratch``; a pretrained generator judges itself), and task utility."""
 
     oracle: dict = {"hidden_size": 192, "layers": 3, "heads": 6, "intermediate_size": 768}
-    oracle_steps: int | None = Field(default=None, ge=1)  # None: the generator's pretrain.steps
+    # Overrides of the pretrain section for the oracle (say fewer steps, a corpus-heavy mix: it
+    # judges corpus text); empty: the generator's own pretraining settings.
+    oracle_pretrain: dict = {}
     task_prompts: int = Field(default=100, ge=1)
     task_samples: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _oracle(self):
+        sizes = ("hidden_size", "layers", "heads", "intermediate_size", "max_positions")
+        for k, v in self.oracle.items():
+            if k not in sizes:
+                raise ValueError(f"oracle.{k}: unknown key (model sizes: {', '.join(sizes)})")
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"oracle.{k}: must be a positive integer, got {v!r}")
+        if self.oracle.get("hidden_size", 192) % self.oracle.get("heads", 6):
+            raise ValueError("oracle: hidden_size must be divisible by heads")
+        try:
+            PretrainCfg.model_validate({"steps": 1, **self.oracle_pretrain})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"oracle_pretrain.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return self
 
 
 class WatermarkCfg(Strict):

@@ -59,7 +59,8 @@ def run_watermark(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
     if cfg.model.source == "scratch":
         q = wm.quality
         model = {**{k: d["model"][k] for k in MODEL_SIZE_KEYS}, **q.oracle}
-        pre = {**d["pretrain"], **({"steps": q.oracle_steps} if q.oracle_steps else {})}
+        pre = {**d["pretrain"], **q.oracle_pretrain}
+        pre["mix"] = {**d["pretrain"]["mix"], **q.oracle_pretrain.get("mix", {})}
         oracle_label = "pretrain_base[oracle]"
         oracle = runner.run(pretrain_base, {"seed": cfg.seed, "model": model, "pretrain": pre},
                             {"generate_data": data, "build_tokenizer": refs["build_tokenizer"]},

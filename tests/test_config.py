@@ -58,6 +58,16 @@ BAD = {
     "k above samples": (lambda r: r["evaluate"].update(ks=[1, 64]), "n_samples"),
     "bad level": (lambda r: r["data"]["reasoning"]["levels"].append({"operands": 1, "digits": 2}),
                   "data.reasoning.levels.3.operands"),
+    "watermark gamma": (lambda r: r.update(watermark={"gamma": 1.0}), "watermark.gamma: must be in (0, 1)"),
+    "watermark scheme gamma": (lambda r: r.update(watermark={"per_scheme": {"kgw": {"gamma": 0}}}),
+                               "watermark.per_scheme.kgw.gamma: must be in (0, 1)"),
+    "watermark key": (lambda r: r.update(watermark={"key": -5}), "watermark.key"),
+    "watermark unknown scheme": (lambda r: r.update(watermark={"schemes": ["kgw", "aar"]}), "watermark.schemes.1"),
+    "watermark unknown attack": (lambda r: r.update(watermark={"attacks": {"paraphrase": [0.1]}}),
+                                 "watermark.attacks.paraphrase: unknown attack"),
+    "watermark same keys": (lambda r: r.update(watermark={"key": 7, "other_key": 7}), "watermark.other_key"),
+    "paragraph sizes": (lambda r: r["data"]["corpus"].update(paragraph_sentences=[5, 2]),
+                        "data.corpus.paragraph_sentences"),
 }
 
 

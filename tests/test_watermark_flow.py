@@ -98,6 +98,15 @@ def test_watermark_flow_end_to_end(ws):
     for run in (parent, *kids):
         assert all("15485863" not in str(v) for v in run.data.params.values())
 
-    # Everything is cached on a rerun.
+    # Everything is cached on a rerun, and `entroflow stages` plans exactly the run's stages.
     again = pipeline(config_path=CONFIG)
     assert all(v["state"] == "Cached" for v in again.values() if isinstance(v, dict) and "state" in v)
+    from entroflow.config import load_config
+    from flows.pipeline import plan
+
+    cfg = load_config(CONFIG)
+    rows = plan(cfg)
+    assert [r["stage"] for r in rows] == cfg.stage_labels()
+    assert all(r["status"] == "cached" for r in rows), [r for r in rows if r["status"] != "cached"]
+    forced = {r["stage"]: r["status"] for r in plan(cfg, ["train_selector[ltw_kgw]"])}
+    assert forced["watermark_detect[ltw_kgw]"] == "run" and forced["watermark_detect[kgw]"] == "cached"
