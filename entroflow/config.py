@@ -369,6 +369,8 @@ class WatermarkGenerateCfg(Strict):
 
 class WatermarkDetectCfg(Strict):
     ignore_repeated_ngrams: bool = True
+    # Watermarked samples per seed that the attacks run on (None: all); the first ones by prompt.
+    attack_samples: int | None = Field(default=None, ge=1)
     z_threshold: float = 4.0
     fprs: list[float] = [0.01, 0.001]
 

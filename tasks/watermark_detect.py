@@ -60,6 +60,14 @@ def watermark_detect(out: StageOutput, config: dict, parents: dict[str, Path]) -
             texts.append((pid, s, "human", "", 0.0, prompt_tokens[(pid, s)], human))
 
     clean = [r for r in wm_rows if r["variant"] == "watermarked"]
+    if det.get("attack_samples"):  # attacks on the first samples of each seed (prompt order)
+        seen: dict[int, int] = {}
+        kept = []
+        for r in clean:
+            seen[r["wm_seed"]] = seen.get(r["wm_seed"], 0) + 1
+            if seen[r["wm_seed"]] <= det["attack_samples"]:
+                kept.append(r)
+        clean = kept
     regen_jobs = []
     for name, strengths in config["attacks"].items():
         if name == "substitute" and not classes:
