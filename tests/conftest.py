@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,26 @@ def fresh_home(tmp_path, monkeypatch, mlflow_template):
     monkeypatch.setenv("ENTROFLOW_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     return home
+
+
+@contextmanager
+def module_workspace(tmp_path_factory, mlflow_template, name: str):
+    """A workspace for a whole test module (ENTROFLOW_HOME and MLflow pointed at it, with a copy
+    of the pre-migrated MLflow DB); the environment is restored afterwards."""
+    home = tmp_path_factory.mktemp(name) / "home"
+    home.mkdir()
+    shutil.copy(mlflow_template, home / "mlflow.db")
+    old = {k: os.environ.get(k) for k in ("ENTROFLOW_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["ENTROFLOW_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    try:
+        yield home
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ sentence model is the packaged all-MiniLM-L6-v2 (no download).
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,17 +45,10 @@ except ImportError:
             return self._green(prev, tokens.long())
 
 
+from tests.test_rollout import _corpus  # noqa: E402  the rollout tests' arithmetic corpus
+
 PROMPTS = ["3+4:", "37+5-12:", "81-6+15+2:", "9+90:", "12+13-4-7:", "5:", "64-3+1:", "70+7-77+1:"]
 IDS = [f"p{i}" for i in range(len(PROMPTS))]
-
-
-def _corpus(n: int = 300) -> list[str]:
-    rng = random.Random(0)
-    out = []
-    for _ in range(n):
-        a, b, c = rng.randint(1, 99), rng.randint(1, 99), rng.randint(1, 40)
-        out.append(f"{a}+{b}-{c}:{a}+{b}={a + b},{a + b}-{c}={a + b - c}#{a + b - c}")
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, module_workspace
 
 pytestmark = pytest.mark.integration
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -27,20 +27,8 @@ STAGES = ["generate_data", "build_tokenizer", "pretrain_base", "rollout", "evalu
 @pytest.fixture(scope="module")
 def ws(prefect_server, mlflow_template, tmp_path_factory):
     """One workspace for the module, with a copied pre-migrated MLflow DB."""
-    import shutil
-
-    home = tmp_path_factory.mktemp("ws") / "home"
-    home.mkdir()
-    shutil.copy(mlflow_template, home / "mlflow.db")
-    old = {k: os.environ.get(k) for k in ("ENTROFLOW_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["ENTROFLOW_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    yield home
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with module_workspace(tmp_path_factory, mlflow_template, "ws") as home:
+        yield home
 
 
 def run_pipeline(overrides=(), force=(), failpoint=None):
@@ -361,7 +349,7 @@ def test_cli_stages_plans_the_reasoning_stages(ws):
     # One method forced alone: it and what reads it will run, nothing else.
     forced = {r["stage"]: r["status"] for r in plan(cfg, ["train_rl[grpo,s0]"])}
     assert {k for k, v in forced.items() if v == "run"} == {
-        "train_rl[grpo,s0]", "rollout[grpo,s0]", "evaluate[grpo,s0]", "compare"}, forced
+        "train_rl[grpo,s0]", "rollout[grpo,s0]", "evaluate[grpo,s0]", "compare", "claims"}, forced
 
 
 # --- issue 13: never serve stale data, progress without a terminal, reports per run, runs -----

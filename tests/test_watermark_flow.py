@@ -3,13 +3,12 @@ the tables and plots, the claims table, keys kept out of MLflow, and a cached re
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, module_workspace
 
 pytestmark = pytest.mark.integration
 CONFIG = str(REPO / "configs" / "smoke-wm.yaml")
@@ -18,18 +17,9 @@ SCHEMES = ["kgw", "unigram", "sweet", "ewd", "ltw_kgw", "ltw_unigram"]
 
 @pytest.fixture(scope="module")
 def ws(prefect_server, mlflow_template, tmp_path_factory):
-    home = tmp_path_factory.mktemp("wm") / "home"
-    home.mkdir()
-    shutil.copy(mlflow_template, home / "mlflow.db")
-    old = {k: os.environ.get(k) for k in ("ENTROFLOW_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["ENTROFLOW_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    yield home
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """One workspace for the module, with a copied pre-migrated MLflow DB."""
+    with module_workspace(tmp_path_factory, mlflow_template, "wm") as home:
+        yield home
 
 
 def test_watermark_flow_end_to_end(ws):
