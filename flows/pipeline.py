@@ -327,7 +327,7 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
     c = tracking.client()
     exp_id = tracking.ensure_experiment(c, cfg.experiment)
     run_name = f"{cfg.name}-{flow_run.get_name() or 'local'}"
-    changes = [*(overrides or []), *(f"--force {f}" for f in force or [])]
+    changes = [*map(_override_without_key, overrides or []), *(f"--force {f}" for f in force or [])]
     if changes and len(" ".join(changes)) <= 60:  # the overrides are part of what a run is: show them
         run_name += f" [{' '.join(changes)}]"
     parent = tracking.start_parent(
@@ -337,7 +337,7 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
               "git_commit": provenance.git_commit(), "entroflow_version": provenance.package_versions()["entroflow"],
               "prefect.flow_run_name": flow_run.get_name() or "", "overrides": " ".join(changes),
               "mlflow.note.content": f"`entroflow run {config_path}` " + " ".join(
-                  [*(f"--set {o}" for o in overrides or []), *(f"--force {f}" for f in force or [])]),
+                  [*(f"--set {_override_without_key(o)}" for o in overrides or []), *(f"--force {f}" for f in force or [])]),
               **tracking.process_tags()},
     )
     runner = Runner(store, c, exp_id, parent, forced, meta=run_meta(cfg, "pipeline"))
@@ -391,6 +391,16 @@ def _without_keys(d: dict) -> dict:
 
     wm = {**d["watermark"], **{k: fingerprint(d["watermark"][k]) for k in ("key", "other_key")}}
     return {**d, "watermark": wm}
+
+
+def _override_without_key(item: str) -> str:
+    """A ``--set`` as MLflow shows it: a watermark key's value becomes its fingerprint."""
+    key, _, value = item.partition("=")
+    if key.strip() in ("watermark.key", "watermark.other_key") and value.strip().lstrip("-").isdigit():
+        from entroflow.watermark.keys import fingerprint
+
+        return f"{key}={fingerprint(int(value))}"
+    return item
 
 
 def run_claims(runner, cfg: PipelineConfig) -> None:

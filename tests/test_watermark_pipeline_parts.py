@@ -133,3 +133,12 @@ def test_watermark_prompts_continue_with_the_next_sentences(tmp_path):
     test = t.filter(pa.compute.equal(t["split"], "test"))["text"].to_pylist()
     assert [r["prompt"] for r in p] == test[:5]
     assert p[0]["human"].startswith(test[1] + " " + test[2])
+
+
+def test_keys_never_reach_mlflow_params_or_run_names():
+    from flows.pipeline import _override_without_key, _without_keys
+
+    assert _override_without_key("watermark.key=12345") == f"watermark.key={keys.fingerprint(12345)}"
+    assert _override_without_key("rollout.temperature=0.5") == "rollout.temperature=0.5"
+    d = _without_keys({"watermark": {"key": 12345, "other_key": 7, "gamma": 0.25}, "seed": 0})
+    assert d["watermark"] == {"key": keys.fingerprint(12345), "other_key": keys.fingerprint(7), "gamma": 0.25}
