@@ -54,6 +54,10 @@ def test_ewd_and_unigram_verdicts():
     assert rows["EWD"]["verdict"] == compare.UNTESTABLE and "saturated" in rows["EWD"]["evidence"]
     assert rows["Unigram"]["verdict"] == compare.HOLDS
     assert rows["KGW"]["verdict"] == compare.FAILS  # 30 tokens > 25
+    # Saturated on clean text: EWD is compared with KGW on edited text instead.
+    det["ewd"] = {"attack/delete/0.3/tpr_at_fpr_0.01": 0.6}
+    rows = {r["paper"].split()[0]: r for r in compare.claims(s, det, [0])}
+    assert rows["EWD"]["verdict"] == compare.HOLDS and "delete 0.3: 0.600 vs 0.500" in rows["EWD"]["evidence"]
 
 
 def test_claims_table_merges_flows():

@@ -165,27 +165,42 @@ def claims(summ: dict[str, dict], detect: dict[str, dict], seeds: list[int]) -> 
         e, k = summ["ewd"], summ["kgw"]
         saturated = e["auroc"][0] >= 0.999 and k["auroc"][0] >= 0.999 and \
             e["tpr_1pct"][0] >= 0.999 and k["tpr_1pct"][0] >= 0.999
-        if saturated or math.isnan(e["tpr_1pct"][0]) or math.isnan(k["tpr_1pct"][0]):
-            verdict, note = UNTESTABLE, " (both saturated on clean text)" if saturated else " (too few negatives)"
+        clean = (f"clean text: TPR@1%FPR EWD {fmt(e['tpr_1pct'], 3)} vs KGW {fmt(k['tpr_1pct'], 3)}, AUROC "
+                 f"{fmt(e['auroc'], 4)} vs {fmt(k['auroc'], 4)}")
+        if not saturated and not math.isnan(e["tpr_1pct"][0] + k["tpr_1pct"][0]):
+            verdict, numbers = (HOLDS if e["tpr_1pct"][0] > k["tpr_1pct"][0] else FAILS), clean
         else:
-            verdict, note = (HOLDS if e["tpr_1pct"][0] > k["tpr_1pct"][0] else FAILS), ""
+            # Both detect every clean text: compare them where detection is hard, on edited text.
+            wins, parts = _attack_wins(detect, "ewd", "kgw", seeds)
+            verdict = UNTESTABLE if not parts else (HOLDS if wins == len(parts) else FAILS)
+            numbers = clean + (" (saturated); edited text at strength 0.3, TPR@1%FPR EWD vs KGW: " + "; ".join(parts)
+                               if parts else " (saturated, and no attack at strength 0.3 to compare on)")
         add("EWD (Lu et al. 2024)", "Entropy-weighted detection detects better than KGW's on the same text", verdict,
-            f"TPR@1%FPR EWD {fmt(e['tpr_1pct'], 3)} vs KGW {fmt(k['tpr_1pct'], 3)}; AUROC {fmt(e['auroc'], 4)} vs "
-            f"{fmt(k['auroc'], 4)}{note}")
+            numbers)
     if "unigram" in detect and "kgw" in detect:
-        parts, wins, total = [], 0, 0
-        for attack in ("delete", "insert", "substitute"):
-            u = mean_sd(seed_values(detect["unigram"], f"attack/{attack}/0.3/tpr_at_fpr_0.01", seeds))
-            k = mean_sd(seed_values(detect["kgw"], f"attack/{attack}/0.3/tpr_at_fpr_0.01", seeds))
-            if math.isnan(u[0]) or math.isnan(k[0]):
-                continue
-            total += 1
-            wins += u[0] > k[0]
-            parts.append(f"{attack} 0.3: Unigram {fmt(u, 3)} vs KGW {fmt(k, 3)}")
-        verdict = UNTESTABLE if total == 0 else (HOLDS if wins == total else FAILS)
+        wins, parts = _attack_wins(detect, "unigram", "kgw", seeds, ("delete", "insert", "substitute"))
+        verdict = UNTESTABLE if not parts else (HOLDS if wins == len(parts) else FAILS)
         add("Unigram (Zhao et al. 2024)", "A fixed green list is more robust to edits than a context-seeded one",
             verdict, "; ".join(parts) or "no attack at strength 0.3 with enough negatives to resolve 1% FPR")
     return out
+
+
+def _attack_wins(detect: dict[str, dict], a: str, b: str, seeds: list[int],
+                 attacks: tuple[str, ...] = ("delete", "substitute", "insert", "copy_paste", "regenerate"),
+                 strength: float = 0.3) -> tuple[int, list[str]]:
+    """On how many attacks (at ``strength``) scheme ``a`` detects more than ``b`` (TPR@1%FPR), and
+    the numbers of each attack both were measured on."""
+    wins, parts = 0, []
+    if a not in detect or b not in detect:
+        return wins, parts
+    for attack in attacks:
+        x = mean_sd(seed_values(detect[a], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
+        y = mean_sd(seed_values(detect[b], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
+        if math.isnan(x[0]) or math.isnan(y[0]):
+            continue
+        wins += x[0] > y[0]
+        parts.append(f"{attack} {strength:g}: {fmt(x, 3)} vs {fmt(y, 3)}")
+    return wins, parts
 
 
 def render(summ: dict[str, dict], claim_rows: list[dict], schemes: list[dict], seeds: list[int], oracle: str,
