@@ -46,14 +46,23 @@ def client() -> MlflowClient:
 
 
 def _tables(path: Path) -> tuple[set[str], int | None]:
-    """(table names, number of runs or None when there is no runs table) of a SQLite file."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        names = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
-        runs = con.execute("select count(*) from runs").fetchone()[0] if "runs" in names else None
-        return names, runs
-    finally:
-        con.close()
+    """(table names, number of runs or None when there is no runs table) of a SQLite file.
+
+    Read-only first; a writer SIGKILLed mid-transaction leaves a hot journal, which SQLite must
+    roll back before anyone reads, and a read-only connection cannot ("attempt to write a readonly
+    database"): then a read-write connection reads it (and so performs the rollback)."""
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=rw"):
+        con = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            names = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+            runs = con.execute("select count(*) from runs").fetchone()[0] if "runs" in names else None
+            return names, runs
+        except sqlite3.OperationalError as e:
+            if "readonly" not in str(e) or uri.endswith("rw"):
+                raise
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
 
 
 def _migrate(uri: str) -> None:
