@@ -73,7 +73,8 @@ def run_watermark(runner, cfg: PipelineConfig, refs: dict[str, dict]) -> dict:
     def generate(scheme: str, selector: dict | None, selector_label: str | None) -> tuple[dict, str]:
         label = f"watermark_generate[{scheme}]"
         parents = {"generate_data": data, "model": base, **({"selector": selector} if selector else {})}
-        section = {**common, "scheme": None if scheme == NONE else wm.scheme(scheme), "quality": d["watermark"]["quality"],
+        task = {k: d["watermark"]["quality"][k] for k in ("task_prompts", "task_samples")}
+        section = {**common, "scheme": None if scheme == NONE else wm.scheme(scheme), "quality": task,
                    "rollout": {"max_new_tokens": cfg.rollout.max_new_tokens}}
         if selector:
             section["ltw"] = d["watermark"]["ltw"]
