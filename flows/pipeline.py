@@ -405,15 +405,14 @@ def _override_without_key(item: str) -> str:
 
 def run_claims(runner, cfg: PipelineConfig) -> None:
     """The run's one claims table, from each flow's compare stage that ran (entroflow/claims.py)."""
-    parents = {flow: runner.results[label]["ref"] for flow, label in (("reasoning", "compare"),
-                                                                         ("watermark", "watermark_compare"))
-               if label in runner.results}
-    if parents:
+    ran = [(flow, label) for flow, label in (("reasoning", "compare"), ("watermark", "watermark_compare"))
+           if label in runner.results]
+    if ran:
         from tasks.claims import claims
 
-        runner.run(claims, {"title": cfg.report.title, "flows": sorted(parents)}, parents, label="claims",
-                   parent_labels=[runner_label for runner_label in ("compare", "watermark_compare")
-                                  if runner_label in runner.results],
+        runner.run(claims, {"title": cfg.report.title, "flows": sorted(flow for flow, _ in ran)},
+                   {flow: runner.results[label]["ref"] for flow, label in ran}, label="claims",
+                   parent_labels=[label for _, label in ran],
                    meta=run_meta(cfg, "pipeline", method="all", model="all"))
 
 

@@ -85,15 +85,16 @@ def watermark_detect(out: StageOutput, config: dict, parents: dict[str, Path]) -
                 texts.append((r["prompt_id"], r["wm_seed"], "attacked", name, s, r["prompt_token_ids"], ids))
     texts += _regenerate(engine, regen_jobs, gen, tokenizer)
 
-    ltw_parts = {}
+    is_ltw = scheme["name"].startswith("ltw_")
+    encoder = schemes.ltw_encoder(config["ltw"], tokenizer, vocab, model.device) if is_ltw else None
     rows = []
     for seed in seeds:  # LTW replays the selector of the seed that generated the text
         part = [t for t in texts if t[1] == seed]
-        if scheme["name"].startswith("ltw_"):
-            ltw_parts = schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, vocab, model.device)
+        ltw_parts = schemes.ltw_parts(config["ltw"], parents["selector"], seed, encoder, tokenizer,
+                                      model.device) if is_ltw else None
         scored = schemes.detect(scheme, vocab, key, [t[5] for t in part], [t[6] for t in part],
                                 ignore_repeated_ngrams=det["ignore_repeated_ngrams"], model=model,
-                                ltw=ltw_parts or None, batch_size=gen["batch_size"], device=model.device)
+                                ltw=ltw_parts, batch_size=gen["batch_size"], device=model.device)
         for t, s in zip(part, scored):
             # Generated tokens needed before the exact binomial p-value reaches the first target
             # FPR (on the per-token green bits: the unweighted statistic, also for EWD).

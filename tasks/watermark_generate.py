@@ -40,9 +40,11 @@ def watermark_generate(out: StageOutput, config: dict, parents: dict[str, Path])
     quality = config["quality"]
     task = eval_problems(parents["generate_data"], "test", quality["task_prompts"])
     completions, answers = [], []
+    is_ltw = scheme is not None and scheme["name"].startswith("ltw_")
+    encoder = schemes.ltw_encoder(config["ltw"], tokenizer, vocab, model.device) if is_ltw else None
     for seed in config["seeds"]:
-        ltw = (schemes.ltw_parts(config["ltw"], parents["selector"], seed, tokenizer, vocab, model.device)
-               if scheme is not None and scheme["name"].startswith("ltw_") else None)
+        ltw = schemes.ltw_parts(config["ltw"], parents["selector"], seed, encoder, tokenizer, model.device) \
+            if is_ltw else None
 
         def procs(fp):
             return [] if fp is None else [schemes.processor(scheme, vocab, keys.lookup(fp), ltw)]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from entroflow.watermark.metrics import mean_and_spread
 
 TARGET_TPR = 0.95
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
@@ -34,13 +34,6 @@ def seed_values(metrics: dict[str, float], name: str, seeds: list[int]) -> list[
     if all(v is None for v in vals):
         vals = [metrics.get(name)]
     return [float("nan") if v is None else float(v) for v in vals]
-
-
-def mean_sd(vals: list[float]) -> tuple[float, float, int]:
-    a = np.array([v for v in vals if v is not None and not math.isnan(v)], dtype=float)
-    if a.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0, int(a.size)
 
 
 def fmt(m: tuple[float, float, int], digits: int = 2, pct: bool = False) -> str:
@@ -81,7 +74,7 @@ def summary(detect: dict[str, dict], quality: dict[str, dict], seeds: list[int])
         for col, (stage, name) in SUMMARY_METRICS.items():
             src = (detect if stage == "detect" else quality).get(scheme)
             if src is not None:
-                row[col] = mean_sd(seed_values(src, name, seeds))
+                row[col] = mean_and_spread(seed_values(src, name, seeds))
         out[scheme] = row
     return out
 
@@ -103,7 +96,7 @@ def attack_curves(detect: dict[str, dict], attacks: dict[str, list[float]], seed
 
 
 def _pt(vals: list[float]) -> dict:
-    mean, sd, _ = mean_sd(vals)
+    mean, sd, _ = mean_and_spread(vals)
     return {"value": mean, "err": sd}
 
 
@@ -194,8 +187,8 @@ def _attack_wins(detect: dict[str, dict], a: str, b: str, seeds: list[int],
     if a not in detect or b not in detect:
         return wins, parts
     for attack in attacks:
-        x = mean_sd(seed_values(detect[a], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
-        y = mean_sd(seed_values(detect[b], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
+        x = mean_and_spread(seed_values(detect[a], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
+        y = mean_and_spread(seed_values(detect[b], f"attack/{attack}/{strength:g}/tpr_at_fpr_0.01", seeds))
         if math.isnan(x[0]) or math.isnan(y[0]):
             continue
         wins += x[0] > y[0]

@@ -101,11 +101,18 @@ def detect(scheme: dict, vocab_size: int, key: int, prompt_ids: list[list[int]],
     return rows
 
 
-def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, tokenizer, vocab_size: int, device) -> LTWParts:
-    """The trained selector of ``seed`` (train_selector's output) and the context encoder."""
+def ltw_encoder(ltw_cfg: dict, tokenizer, vocab_size: int, device):
+    """LTW's context encoder (MiniLM + the LM-to-WordPiece bridge table): the same for every seed,
+    so a stage loads it once."""
     from entroflow.watermark import ltw
 
-    encoder = ltw.ContextEncoder.load(ltw_cfg["embedding_model"], tokenizer, vocab_size=vocab_size, device=device)
+    return ltw.ContextEncoder.load(ltw_cfg["embedding_model"], tokenizer, vocab_size=vocab_size, device=device)
+
+
+def ltw_parts(ltw_cfg: dict, selector_dir, seed: int, encoder, tokenizer, device) -> LTWParts:
+    """The trained selector of ``seed`` (train_selector's output) with the shared encoder."""
+    from entroflow.watermark import ltw
+
     selector = ltw.load_selector(selector_dir / f"selector_s{seed}", device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return LTWParts(selector=selector, encoder=encoder, k=ltw_cfg["k"], pad_id=pad)
