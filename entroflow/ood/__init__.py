@@ -1,0 +1,1 @@
+"""OOD detection on hidden states: metrics, per-layer detectors, layer fusion and selection."""
