@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
 PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "import_model", "rollout", "evaluate",
                    "report", "train_rl", "compare", "train_selector", "watermark_generate", "watermark_detect",
-                   "watermark_quality", "watermark_compare", "claims")
+                   "watermark_quality", "watermark_compare", "ood_features", "ood_detect", "ood_compare", "claims")
 
 
 def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force",
@@ -466,6 +466,49 @@ class WatermarkCfg(Strict):
         return {"name": name, **cfg.model_dump(mode="json")}
 
 
+OOD_DETECTORS = ("mahalanobis", "rmd", "knn", "msp", "max_logit", "energy", "entropy", "nll")
+OOD_POOLINGS = ("mean", "last")
+
+
+class OODCfg(Strict):
+    """The OOD flow (flows/ood.py): per model of the run, per-layer features of ID and OOD prompts,
+    every detector on every layer, layer fusion with the ID-only selected set (entroflow/ood/)."""
+
+    detectors: list[Literal[OOD_DETECTORS]] = Field(default=list(OOD_DETECTORS), min_length=1)
+    pooling: list[Literal[OOD_POOLINGS]] = Field(default=list(OOD_POOLINGS), min_length=1)
+    knn_k: int = Field(default=10, ge=1)
+    covariance: Literal["ledoit_wolf", "empirical"] = "ledoit_wolf"
+    # ID training prompts per ID domain: the detectors' fit set, and the val set that normalises
+    # each layer and selects the fused layers (disjoint; never an OOD row).
+    fit_per_domain: int = Field(default=500, ge=2)
+    val_per_domain: int = Field(default=200, ge=2)
+    batch_size: int = Field(default=128, ge=1)
+    max_tokens: int = Field(default=128, ge=2)
+    top_m: int = Field(default=1024, ge=2)  # tokens kept of the val rows' logit-lens distributions
+    exhaustive_max: int = Field(default=12, ge=0)  # more non-final layers: greedy layer selection
+    # Base models: the spine's, and (model.source scratch) one more pretraining per further seed,
+    # so the claims have a spread over pretraining seeds.
+    seeds: list[int] = Field(default=[0], min_length=1)
+    # The series the claims table reads: detector/pooling (pooling "lens" for the logit detectors).
+    claim_series: list[str] = ["msp/lens", "mahalanobis/mean"]
+    include_oracle_lm: bool = True  # the watermark flow's oracle LM, when the run has one
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: must be distinct")
+        if "knn" in self.detectors and self.knn_k > self.fit_per_domain:
+            raise ValueError(f"knn_k: {self.knn_k} neighbours need fit_per_domain >= {self.knn_k}")
+        for s in self.claim_series:
+            det, _, pooling = s.partition("/")
+            ok = det in self.detectors and (pooling == "lens" if det in ("msp", "max_logit", "energy", "entropy")
+                                            else pooling == "seq" if det == "nll" else pooling in self.pooling)
+            if not ok:
+                raise ValueError(f"claim_series: '{s}' is not a series of this run (detector/pooling; "
+                                 f"'lens' for logit detectors, 'seq' for nll, else one of {self.pooling})")
+        return self
+
+
 class PipelineConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: str = "entroflow"
@@ -480,6 +523,7 @@ class PipelineConfig(Strict):
     report: ReportCfg = ReportCfg()
     rl: RLCfg | None = None
     watermark: WatermarkCfg | None = None
+    ood: OODCfg | None = None
 
     def notes(self) -> list[str]:
         """Settings that are valid but have no effect in this run (printed, not errors)."""
@@ -488,6 +532,8 @@ class PipelineConfig(Strict):
             for m in self.rl.per_method:
                 if m not in self.rl.methods:
                     out.append(f"rl.per_method.{m} is ignored: '{m}' is not in rl.methods")
+        if self.ood is not None and self.model.source != "scratch" and len(self.ood.seeds) > 1:
+            out.append("ood.seeds beyond the first are ignored: a pretrained model is not pretrained again")
         return out
 
     def stage_labels(self) -> list[str]:
@@ -511,9 +557,28 @@ class PipelineConfig(Strict):
                 out += [*([f"train_selector[{s}]"] if s.startswith("ltw_") else []),
                         f"watermark_generate[{s}]", f"watermark_detect[{s}]", f"watermark_quality[{s}]"]
             out.append("watermark_compare")
-        if self.rl is not None or self.watermark is not None:
+        if self.ood is not None:
+            out += [f"pretrain_base[s{s}]" for s in self.ood_base_seeds() if s != self.seed]
+            for name in self.ood_models():
+                out += [f"ood_features[{name}]", f"ood_detect[{name}]"]
+            out.append("ood_compare")
+        if self.rl is not None or self.watermark is not None or self.ood is not None:
             out.append("claims")
         return out
+
+    def ood_base_seeds(self) -> list[int]:
+        """The base models' seeds in the OOD flow: the spine's, then ``ood.seeds`` (scratch only)."""
+        extra = [s for s in self.ood.seeds if s != self.seed] if self.model.source == "scratch" else []
+        return [self.seed, *extra]
+
+    def ood_models(self) -> list[str]:
+        """Names of the models the OOD flow evaluates (``kind,s<seed>``, or ``oracle``)."""
+        names = [f"base,s{s}" for s in self.ood_base_seeds()]
+        if self.rl is not None:
+            names += [f"{m},s{s}" for s in self.rl.seeds for m in self.rl.methods]
+        if self.watermark is not None and self.model.source == "scratch" and self.ood.include_oracle_lm:
+            names.append("oracle")
+        return names
 
     def base_stage(self) -> str:
         """The stage that makes the base model: pretraining, or importing a pretrained one."""

@@ -45,7 +45,7 @@ def generate_data(out: StageOutput, config: dict, parents: dict[str, Path]) -> N
             raise ValueError(f"knowledge graph breaks its rules: {violations[0]}")
         out.log(kg_triples=kg_tables["triples"].num_rows, kg_facts=kg_tables["facts"].num_rows)
 
-    ood_table = ood.generate(seed + 3, data["ood"]["n_per_suite"], levels, grammar_table, kg_tables)
+    ood_table = ood.generate(seed + 3, data["ood"]["n_per_suite"], levels, grammar_table, kg_tables, r["ops"])
     out.table("ood", ood_table)
     out.log(ood_prompts=ood_table.num_rows)
 

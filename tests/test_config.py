@@ -68,6 +68,11 @@ BAD = {
     "watermark same keys": (lambda r: r.update(watermark={"key": 7, "other_key": 7}), "watermark.other_key"),
     "paragraph sizes": (lambda r: r["data"]["corpus"].update(paragraph_sentences=[5, 2]),
                         "data.corpus.paragraph_sentences"),
+    "ood knn k": (lambda r: r.update(ood={"knn_k": 50, "fit_per_domain": 20}), "ood.knn_k: 50 neighbours"),
+    "ood claim series": (lambda r: r.update(ood={"claim_series": ["msp/mean"]}),
+                         "ood.claim_series: 'msp/mean' is not a series"),
+    "ood detector": (lambda r: r.update(ood={"detectors": ["mahalanobis", "odin"]}), "ood.detectors.1"),
+    "ood seeds": (lambda r: r.update(ood={"seeds": [0, 0]}), "ood.seeds: must be distinct"),
 }
 
 

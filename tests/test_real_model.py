@@ -160,3 +160,34 @@ def test_real_config_through_the_pipeline(prefect_server, fresh_home):
     again = pipeline(config_path=cfg, overrides=sets)
     assert all(v["state"] == "Cached" for k, v in again.items() if isinstance(v, dict) and "state" in v)
     assert os.environ["ENTROFLOW_HOME"] in str(store.root)
+
+
+def test_real_ood_flow(prefect_server, fresh_home):
+    """configs/real-cpu-ood.yaml shrunk: features of all 31 hidden states of SmolLM2 in one pass
+    per batch, the task's prompts as ID, every synthetic suite as OOD, greedy layer selection (30
+    candidate layers), the page and the claims."""
+    from entroflow import workspace
+    from entroflow.ood import features
+    from entroflow.store import Store
+    from flows.pipeline import pipeline
+
+    cfg = str(REPO / "configs" / "real-cpu-ood.yaml")
+    sets = ["rollout.n_prompts=2", "rollout.n_samples=1", "rollout.max_new_tokens=8", "evaluate.ks=[1]",
+            "data.word_problems.n_train=40", "data.word_problems.n_test=12", "data.ood.n_per_suite=4",
+            "data.corpus.n_sentences=200", "data.corpus.n_test=20", "ood.fit_per_domain=16",
+            "ood.val_per_domain=8", "ood.knn_k=4"]
+    res = pipeline(config_path=cfg, overrides=sets)
+    assert res["ood_features[base,s0]"]["state"] == "Completed" and res["ood_compare"]["state"] == "Completed"
+    store = Store(workspace.store_root())
+    fdir = store.resolve(res["ood_features[base,s0]"]["ref"])
+    L, _ = features.file_layers(fdir / "features.parquet")
+    assert L == 30
+    rows = features.read_rows(fdir / "features.parquet").to_pylist()
+    assert {r["domain"] for r in rows if r["split"] == "fit"} == {"task"}
+    assert any(r["suite"] == "id_task" for r in rows)
+    metrics = pq.read_table(store.resolve(res["ood_compare"]["ref"]) / "metrics.parquet").to_pylist()
+    assert {m["layer"] for m in metrics if m["selector"] == "layer"} == set(range(31))
+    assert "id_reasoning" in {m["suite"] for m in metrics}  # a synthetic ID control is OOD for this model
+    chosen = [m["layer_set"] for m in metrics if m["selector"] == "score_entropy"]
+    assert chosen and all(s.split("+")[-1] == "30" for s in chosen)  # the final layer is always in
+    assert "How RL training changed OOD separability" in Path(res["ood_path"]).read_text()

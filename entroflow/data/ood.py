@@ -8,13 +8,13 @@ OOD rows are for evaluation only; nothing here may be used to fit or select a de
 
 Suites (``suite``: shift, domain; what changes):
 
-* ``id_reasoning`` (0, reasoning): fresh arithmetic prompts (``37+5-12:``) of the trained levels,
-  operators ``+``/``-`` (the reasoning generator's default). They may repeat training prompts:
+* ``id_reasoning`` (0, reasoning): fresh arithmetic prompts (``37+5-12:``) of the trained levels
+  with the trained operators (``ops``: ``data.reasoning.ops``). They may repeat training prompts:
   the small levels have few distinct problems.
 * ``near_reasoning`` (1, reasoning): one operand more than the largest trained operand count, or
   one digit more than the largest trained digit count; the other dimension stays in range.
 * ``mid_reasoning`` (2, reasoning): trained operand/digit counts with the unseen operator ``*``
-  (at least once), alternating with operands three digits longer than any trained operand. A
+  (at least once, next to trained operators), alternating with operands three digits longer than any trained operand. A
   tokenizer trained only on the world's text has no ``*`` token and reads it as ``<unk>``.
 * ``id_text`` (0, text): held-out grammar sentences (the corpus' ``test`` split).
 * ``near_text`` (1, text): held-out grammar sentences with one or two content words replaced by
@@ -77,9 +77,12 @@ SWAPPABLE = ("noun_an", "noun_in", "adjective", "verb_transitive", "verb_intrans
 
 
 def generate(seed: int, n_per_suite: int, id_levels: list[Level], grammar_table: pa.Table | None,
-             kg_tables: dict[str, pa.Table] | None) -> pa.Table:
+             kg_tables: dict[str, pa.Table] | None, ops: str = ID_OPS) -> pa.Table:
     """``n_per_suite`` prompts for every suite whose inputs are given (fewer for ``id_text`` when
-    the corpus has fewer held-out sentences). Deterministic in ``seed``."""
+    the corpus has fewer held-out sentences). ``ops``: the operators the reasoning data was
+    generated with (a model trained on ``+`` alone has never seen ``-``). Deterministic in ``seed``."""
+    if not ops or set(ops) - set(ID_OPS):
+        raise ValueError(f"ops: expected operators from {ID_OPS!r}, got {ops!r}")
     if n_per_suite < 0:
         raise ValueError(f"n_per_suite must be >= 0, got {n_per_suite}")
     suites: dict[str, list[tuple[str, str]]] = {}  # suite -> [(text, domain)]
@@ -91,7 +94,7 @@ def generate(seed: int, n_per_suite: int, id_levels: list[Level], grammar_table:
     if id_levels:
         for suite, make in (("id_reasoning", _id_reasoning), ("near_reasoning", _near_reasoning),
                             ("mid_reasoning", _mid_reasoning)):
-            suites[suite] = [(t, "reasoning") for t in make(rng_for(suite), n, id_levels)]
+            suites[suite] = [(t, "reasoning") for t in make(rng_for(suite), n, id_levels, ops)]
     held_out: list[str] = []
     if grammar_table is not None:
         held_out = [r["text"] for r in grammar_table.select(["split", "text"]).to_pylist()
@@ -137,11 +140,11 @@ def _draw(rng: random.Random, items: list, n: int) -> list:
     return out
 
 
-def _id_reasoning(rng: random.Random, n: int, levels: list[Level]) -> list[str]:
-    return [make_problem(rng, levels[i % len(levels)], ID_OPS)[0] for i in range(n)]
+def _id_reasoning(rng: random.Random, n: int, levels: list[Level], ops: str) -> list[str]:
+    return [make_problem(rng, levels[i % len(levels)], ops)[0] for i in range(n)]
 
 
-def _near_reasoning(rng: random.Random, n: int, levels: list[Level]) -> list[str]:
+def _near_reasoning(rng: random.Random, n: int, levels: list[Level], ops: str) -> list[str]:
     max_ops = max(lv.operands for lv in levels)
     max_digits = max(lv.digits for lv in levels)
     out = []
@@ -152,31 +155,31 @@ def _near_reasoning(rng: random.Random, n: int, levels: list[Level]) -> list[str
             level = Level(max_ops + 1, base.digits)
         else:
             level = Level(base.operands, max_digits + 1)
-        out.append(make_problem(rng, level, ID_OPS)[0])
+        out.append(make_problem(rng, level, ops)[0])
     return out
 
 
-def _mid_reasoning(rng: random.Random, n: int, levels: list[Level]) -> list[str]:
+def _mid_reasoning(rng: random.Random, n: int, levels: list[Level], ops: str) -> list[str]:
     max_digits = max(lv.digits for lv in levels)
     out = []
     for i in range(n):
         base = levels[i % len(levels)]
         if i % 2 == 0:
-            out.append(_prompt_with_operator(rng, base, "*"))
+            out.append(_prompt_with_operator(rng, base, "*", ops))
         else:
             level = Level(base.operands, max_digits + LONG_OPERAND_EXTRA_DIGITS)
-            out.append(make_problem(rng, level, ID_OPS)[0])
+            out.append(make_problem(rng, level, ops)[0])
     return out
 
 
-def _prompt_with_operator(rng: random.Random, level: Level, new_op: str) -> str:
+def _prompt_with_operator(rng: random.Random, level: Level, new_op: str, ops: str) -> str:
     """A prompt of ``level`` in which ``new_op`` occurs at least once (only the prompt is needed,
     so there is no solution to keep non-negative)."""
     lo = 1 if level.digits == 1 else 10 ** (level.digits - 1)
     xs = [rng.randint(lo, 10**level.digits - 1) for _ in range(max(level.operands, 2))]
-    ops = [rng.choice(ID_OPS + new_op) for _ in xs[1:]]
-    ops[rng.randrange(len(ops))] = new_op
-    return str(xs[0]) + "".join(op + str(x) for op, x in zip(ops, xs[1:])) + ":"
+    chosen = [rng.choice(ops + new_op) for _ in xs[1:]]
+    chosen[rng.randrange(len(chosen))] = new_op
+    return str(xs[0]) + "".join(op + str(x) for op, x in zip(chosen, xs[1:])) + ":"
 
 
 def _near_text(rng: random.Random, n: int, sentences: list[str]) -> list[str]:
