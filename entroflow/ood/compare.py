@@ -86,7 +86,8 @@ def claims(table: dict[tuple, float], models: Sequence[dict], n_layers: dict[str
                                                  f"from OOD better than the last layer (AUROC)",
                         "verdict": _verdict(gains),
                         "evidence": f"last layer {L}: {_fmt(mean_and_spread(last))}; best intermediate layer "
-                                    f"{best} (picked with OOD labels): {_fmt(mean_and_spread(inter[best]))}; "
+                                    f"{best}{' (the token embeddings)' if best == 0 else ''} (picked with OOD "
+                                    f"labels): {_fmt(mean_and_spread(inter[best]))}; "
                                     f"gain {_fmt(mean_and_spread(gains))}; {seeds}"})
             for reading in READINGS:
                 fused = [table.get((m["name"], series, reading, shift), math.nan) for m in bases]
@@ -161,12 +162,18 @@ def render(models: Sequence[dict], table: dict[tuple, float], sets: dict[tuple, 
             if (bases[0]["name"], s, sel) in sets), ""]
     lines += ["## How RL training changed OOD separability", ""]
     if effect:
+        shifts_e = [s for s in ("near", "mid", "far") if any(e["shift"] == s for e in effect)]
         lines += ["AUROC of each RL policy minus its base model's, same detector, layer and data "
-                  "(mean ± sd over the RL seeds); fused = the score_entropy set.", "",
-                  "| method | series | layer | shift | base | policy | Δ |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {e['method']} | {e['series']} | {e['layer']} | {e['shift']} | {e['base_auroc']:.3f} | "
-                  f"{e['policy_auroc']:.3f} | {e['delta']:+.3f}" + (f" ± {e['delta_sd']:.3f}" if e["n_seeds"] > 1 else "")
-                  + " |" for e in effect]
+                  "(mean ± sd over the RL seeds; the base's AUROC in brackets); `score_entropy` = that "
+                  "reading's fused set.", "",
+                  "| method | series | layer | " + " | ".join(f"Δ {s} (base)" for s in shifts_e) + " |",
+                  "|---|---|---|" + "---|" * len(shifts_e)]
+        cells: dict[tuple, dict[str, str]] = {}
+        for e in effect:
+            d = f"{e['delta']:+.3f}" + (f" ± {e['delta_sd']:.3f}" if e["n_seeds"] > 1 else "")
+            cells.setdefault((e["method"], e["series"], e["layer"]), {})[e["shift"]] = f"{d} ({e['base_auroc']:.3f})"
+        lines += [f"| {m} | {s} | {layer} | " + " | ".join(v.get(sh, "") for sh in shifts_e) + " |"
+                  for (m, s, layer), v in cells.items()]
     else:
         lines.append("No RL policies in this run.")
     lines += ["", "## Claims", "", "| claim | verdict | numbers |", "|---|---|---|"]

@@ -56,11 +56,16 @@ def _lens_parts(model):
     return body.norm, model.get_output_embeddings()
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, chunk: int = 1024) -> list[list[int]]:
     """Token ids with the tokenizer's own special tokens (our tokenizer prepends <bos>), the
-    first ``max_tokens`` kept."""
-    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    return [x[:max_tokens] if len(x) > 0 else [tokenizer.eos_token_id] for x in ids]
+    first ``max_tokens`` kept. Tokenised ``chunk`` texts at a time: a fast tokenizer's batch
+    output (offsets, token strings) is many times the ids, and peak memory should not grow with
+    the number of texts."""
+    out: list[list[int]] = []
+    for i in range(0, len(texts), chunk):
+        ids = tokenizer(list(texts[i: i + chunk]), add_special_tokens=True)["input_ids"]
+        out += [x[:max_tokens] if len(x) > 0 else [tokenizer.eos_token_id] for x in ids]
+    return out
 
 
 def _batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
