@@ -72,7 +72,8 @@ def claims(table: dict[tuple, float], models: Sequence[dict], n_layers: dict[str
     for series in claim_series:
         for shift in CLAIM_SHIFTS:
             last = [table.get((m["name"], series, "last", shift), math.nan) for m in bases]
-            seeds = f"{len(bases)} base model{'s' if len(bases) > 1 else ''} (pretraining seeds)"
+            seeds = (f"{len(bases)} base models (pretraining seeds)" if len(bases) > 1
+                     else "1 base model (no seed spread)")
             if all(math.isnan(x) for x in last):
                 out.append({"paper": PAPER, "claim": f"{series}, {shift} shift: intermediate layers beat the last",
                             "verdict": UNTESTABLE, "evidence": f"no {shift}-shift suite or no such series in this run"})
