@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_rl_step.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_watermark.py
+	$(PY) benchmarks/bench_ood.py
 
 clean-workspace:
 	rm -rf artifacts/store artifacts/prefect artifacts/mlflow.db artifacts/mlflow-artifacts artifacts/reports
