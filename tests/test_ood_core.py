@@ -185,10 +185,19 @@ def test_candidate_sets_and_entropies_by_hand():
     one_hot = {1: np.array([[1.0, 0.0], [0.0, 1.0]]), 2: np.array([[0.0, 1.0], [1.0, 0.0]])}
     assert F.mean_softmax_entropy(one_hot, [1, 2]) == pytest.approx(math.log(2))
     assert F.mean_softmax_entropy(one_hot, [1]) == pytest.approx(0.0)
-    val = {4: np.random.default_rng(4).gamma(2.0, 1.0, 200)}
+    # score_entropy: a histogram estimate of the differential entropy (bin width SCORE_BIN in z units)
+    val = {4: np.random.default_rng(4).normal(size=20000)}
     stats = F.layer_stats(val)
-    expected = differential_entropy((val[4] - stats[4][0]) / stats[4][1])
-    assert F.score_entropy(val, stats, [4]) == pytest.approx(expected)
+    z = (val[4] - stats[4][0]) / stats[4][1]
+    gaussian = 0.5 * math.log(2 * math.pi * math.e)  # a unit normal's differential entropy
+    assert F.score_entropy(val, stats, [4]) == pytest.approx(gaussian, abs=0.02)
+    assert F.score_entropy(val, stats, [4]) == pytest.approx(differential_entropy(z), abs=0.02)
+    # by hand: z-scores -1, -1, 1, 1 fall in two bins of width w with p = 1/2 each:
+    # H = -sum p log(p / w) = -log(0.5 / w)
+    two = {0: np.array([0.0, 0.0, 2.0, 2.0])}
+    assert F.score_entropy(two, F.layer_stats(two), [0]) == pytest.approx(-math.log(0.5 / F.SCORE_BIN))
+    ties = {0: np.r_[np.zeros(50), np.random.default_rng(0).normal(size=50)]}
+    assert np.isfinite(F.score_entropy(ties, F.layer_stats(ties), [0]))
 
 
 def test_select_layers_exhaustive_with_ties():

@@ -13,8 +13,9 @@ The paper does not pin down "entropy of the score distribution"; both readings a
 a. :func:`mean_softmax_entropy` (detector-independent): the mean over ID-val x of
    ``H( (1/|S|) sum_{l in S} p_l(.|x) )``, the Shannon entropy (nats) of the layer-averaged
    next-token distribution read through the logit lens (the paper averages per-layer MCM softmaxes).
-b. :func:`score_entropy` (per detector): the differential entropy of ``F_S(x) / |S|`` over ID-val
-   (scipy's default estimator); dividing by |S| puts sets of different size on one scale.
+b. :func:`score_entropy` (per detector): the differential entropy of ``F_S(x) / |S|`` over ID-val,
+   estimated from a histogram of fixed bin width ``SCORE_BIN`` (z units); dividing by |S| puts
+   sets of different size on one scale.
 
 :func:`select_layers` returns ``argmin_S criterion(S)`` over every S = (subset of the non-final
 layers) + {final} when there are at most ``exhaustive_max`` non-final candidates (2^11 = 2048 sets
@@ -100,11 +101,25 @@ def mean_softmax_entropy(val_probs: dict[int, np.ndarray], layers: Sequence[int]
     return float(sps.entropy(np.mean(probs, axis=0), axis=1).mean())
 
 
+SCORE_BIN = 0.1  # histogram bin width of score_entropy, in z units of the mean per-layer z-score
+
+
 def score_entropy(
     val_scores: dict[int, np.ndarray], stats: dict[int, tuple[float, float]], layers: Sequence[int]
 ) -> float:
-    """Reading (b): differential entropy of the mean per-layer z-score ``F_S / |S|`` on ID-val."""
-    return float(sps.differential_entropy(fuse(val_scores, layers, stats) / len(layers)))
+    """Reading (b): differential entropy of the mean per-layer z-score ``F_S / |S|`` on ID-val,
+    ``-sum_i p_i log(p_i / w)`` over bins of width w = SCORE_BIN.
+
+    Written out rather than scipy's ``differential_entropy``: its spacing estimators return -inf
+    as soon as a few ID scores tie (measured: a last-token feature of prompts that end in the same
+    token), and a tie is then "the lowest entropy" whatever the rest of the distribution. With a
+    fixed width, tied scores share a bin and the estimate stays finite and comparable across sets.
+    """
+    x = fuse(val_scores, layers, stats) / len(layers)
+    lo = np.floor(x.min() / SCORE_BIN) * SCORE_BIN
+    counts, _ = np.histogram(x, bins=np.arange(lo, x.max() + 2 * SCORE_BIN, SCORE_BIN))
+    p = counts[counts > 0] / x.size
+    return float(-(p * np.log(p / SCORE_BIN)).sum())
 
 
 def select_layers(
