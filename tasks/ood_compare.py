@@ -46,13 +46,18 @@ def ood_compare(out: StageOutput, config: dict, parents: dict[str, Path]) -> Non
             "n_test_id": sum(suites.is_id(r, domains) for r in test),
             "n_test_ood": sum(not suites.is_id(r, domains) for r in test), "suites": suites.ood_suites(first, domains)}
     figures = []
-    kinds = list(dict.fromkeys(m["kind"] for m in models))
+    # Bars per model kind; with several base seeds and RL policies, the base the policies started
+    # from gets its own bar, so an RL bar is read against its start and not the seeds' mean.
+    groups = {k: [m["name"] for m in models if m["kind"] == k] for k in dict.fromkeys(m["kind"] for m in models)}
+    n_bases = len(groups.get("base", []))
+    if n_bases > 1 and any(k not in ("base", "oracle") for k in groups):
+        groups = {f"base ({n_bases} seeds)": groups.pop("base"), f"{base} (RL start)": [base], **groups}
     for shift in ("near", "far"):
         values = {}
         for s in config["claim_series"]:
             for key in ("last", "score_entropy"):
-                values[f"{s} {key}"] = {k: mean_and_spread([table.get((m["name"], s, key, shift), float("nan"))
-                                                            for m in models if m["kind"] == k])[:2] for k in kinds}
+                values[f"{s} {key}"] = {k: mean_and_spread([table.get((name, s, key, shift), float("nan"))
+                                                            for name in names])[:2] for k, names in groups.items()}
         if any(k[3] == shift for k in table):
             plots.plot_models(values, out.dir / f"models_{shift}.png", f"AUROC per model, {shift} shift "
                               "(mean ± sd over seeds)")

@@ -84,6 +84,6 @@ def plot_models(values: Mapping[str, Mapping[str, tuple[float, float]]], out: Pa
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1.0), ax.set_ylabel("AUROC"), ax.grid(axis="y", alpha=0.3)
     ax.set_xticks(range(len(series)), series, fontsize=7, rotation=15)
-    ax.legend(fontsize=7, ncol=min(4, len(kinds))), ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)), ax.set_title(title, fontsize=10)  # off the bars
     fig.tight_layout(), fig.savefig(out, dpi=110), plt.close(fig)
     return out
