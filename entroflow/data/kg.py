@@ -350,6 +350,12 @@ def apply_rule(rule: str, premises: list[tuple[str, str, str]]) -> tuple[str, st
     return None
 
 
+def closure(facts: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """All triples implied by ``facts`` under R1-R5 (fixpoint); the generator's own closure, public
+    for the unlearning splits (which facts stay derivable once others are forgotten)."""
+    return _closure(facts)
+
+
 def _closure(facts: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
     """All triples implied by ``facts`` under R1-R5 (fixpoint)."""
     closed = set(facts)
