@@ -1,0 +1,1 @@
+"""Knowledge-graph unlearning: objectives, evaluation and the inferability judge."""
