@@ -1,1 +1,1 @@
-"""Knowledge unlearning: objectives (GradAscent, GradDiff, NPO, SimNPO, IdkDPO, RMU) as plain torch functions."""
+"""Knowledge-graph unlearning: splits of the graph, unlearning objectives and the inferability judge."""
