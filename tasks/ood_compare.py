@@ -4,7 +4,6 @@ separability, the claims of "Mysteries of the Deep" at this scale, and ``ood.md`
 Parents are named ``detect/<model>`` and ``features/<model>``."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -70,7 +69,6 @@ def ood_compare(out: StageOutput, config: dict, parents: dict[str, Path]) -> Non
                 shutil.copyfile(src, out.dir / name)
                 figures.append(name)
     (out.dir / "ood.md").write_text(compare_lib.render(models, table, sets, claim_rows, effect, info, figures))
-    (out.dir / "models.json").write_text(json.dumps(models, indent=2))
     out.log(claims_holding=sum(c["verdict"] == compare_lib.HOLDS for c in claim_rows), claims_total=len(claim_rows),
             models=len(models))
     for (model, s, key, sh), v in table.items():

@@ -168,3 +168,10 @@ def test_judge_agrees_with_the_generator_closure(world):
         assert judge_inferable(t, base)["inferable"], t
     for t in base:
         assert not judge_inferable(t, base - {t})["inferable"], t
+
+
+def test_every_rule_body_has_one_or_two_atoms():
+    """The premise search follows chains of at most two atoms; a longer rule needs a new search."""
+    from entroflow.unlearn import judge
+
+    assert set(judge._ARITY) == set(kg.RULES) and set(judge._ARITY.values()) <= {1, 2}

@@ -137,13 +137,3 @@ def _auroc(score_id: np.ndarray, score_ood: np.ndarray) -> float:
 
 def _set_name(layers: Sequence[int]) -> str:
     return "+".join(str(x) for x in sorted(layers))
-
-
-def shift_summary(metrics: list[dict]) -> dict[tuple[str, str, str, str], float]:
-    """Mean AUROC over the suites of each shift level: {(series, selector, layer_set, shift name): AUROC}.
-    ``layer`` rows are keyed by their layer (``layer_set`` = the layer)."""
-    acc: dict[tuple, list[float]] = {}
-    for m in metrics:
-        key = (m["series"], m["selector"], m["layer_set"], SHIFTS.get(m["shift"], str(m["shift"])))
-        acc.setdefault(key, []).append(m["auroc"])
-    return {k: float(np.mean(v)) for k, v in acc.items()}
