@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_watermark.py
 	$(PY) benchmarks/bench_ood.py
+	$(PY) benchmarks/bench_unlearning.py
 
 clean-workspace:
 	rm -rf artifacts/store artifacts/prefect artifacts/mlflow.db artifacts/mlflow-artifacts artifacts/reports

@@ -83,7 +83,8 @@ def _results(state, verb: str, log_file: Path) -> dict:
 def _print_outputs(results: dict, log_file: Path) -> None:
     console.print(f"report: {results.get('report_path')}", highlight=False)
     for key, what in (("comparison_path", "reasoning comparison"), ("watermark_path", "watermark comparison"),
-                      ("ood_path", "OOD detection"), ("claims_path", "claims table")):
+                      ("ood_path", "OOD detection"), ("unlearning_path", "unlearning evaluation"),
+                      ("claims_path", "claims table")):
         if results.get(key):
             console.print(f"{what}: {results[key]}", highlight=False)
     console.print(f"MLflow parent run: {results['mlflow_parent_run_id']} (entroflow ui to browse)", highlight=False)

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # validate --force names before it imports Prefect (which creates PREFECT_HOME on import).
 PIPELINE_STAGES = ("generate_data", "build_tokenizer", "pretrain_base", "import_model", "rollout", "evaluate",
                    "report", "train_rl", "compare", "train_selector", "watermark_generate", "watermark_detect",
-                   "watermark_quality", "watermark_compare", "ood_features", "ood_detect", "ood_compare", "claims")
+                   "watermark_quality", "watermark_compare", "ood_features", "ood_detect", "ood_compare",
+                   "unlearn_data", "finetune_kg", "unlearn", "unlearn_evaluate", "unlearn_compare", "claims")
 
 
 def check_stage_names(names: list[str] | tuple[str, ...], flag: str = "--force",
@@ -509,6 +510,167 @@ class OODCfg(Strict):
         return self
 
 
+UNLEARN_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu")  # entroflow/unlearn/losses.py
+# Each method's hyper-parameters besides steps / lr / batch_size (entroflow/unlearn/trainer.py).
+UNLEARN_HPARAMS = {"grad_ascent": (), "grad_diff": ("gamma", "alpha"), "npo": ("beta", "gamma", "alpha"),
+                   "simnpo": ("beta", "delta", "gamma", "alpha"), "idk_dpo": ("beta", "gamma", "alpha"),
+                   "rmu": ("steering_coeff", "gamma", "alpha", "layer")}
+
+
+class KGGraphCfg(Strict):
+    n_persons: int = Field(default=60, ge=10)
+    n_cities: int = Field(default=15, ge=2)
+    n_countries: int = Field(default=5, ge=2)
+    n_orgs: int = Field(default=10, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.n_cities < self.n_countries:
+            raise ValueError(f"n_cities: {self.n_cities} cities cannot cover {self.n_countries} countries")
+        return self
+
+
+class ForgetCfg(Strict):
+    """Which facts are forgotten: ``entity`` = every fact about ``fraction`` of the persons (TOFU's
+    forget05/forget10); ``triples`` = ``n_targets`` facts still derivable from the retained graph
+    plus as many underivable controls (Wei et al.)."""
+
+    kind: Literal["entity", "triples"] = "triples"
+    fraction: float = 0.1
+    n_targets: int = 20
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"fraction: the forget fraction must be in (0, 1), got {self.fraction}")
+        if self.n_targets < 1:
+            raise ValueError(f"n_targets: {self.n_targets} targets is an empty forget set (must be >= 1)")
+        return self
+
+
+class FinetuneKGCfg(Strict):
+    steps: int = Field(default=600, ge=1)  # at most; the schedule's length
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=2.0e-3, gt=0)
+    warmup: int = Field(default=30, ge=0)
+    # Stop once this share of the trained facts is recalled (one training phrasing, true object vs
+    # the wrong ones), checked every check_every steps; the retain model stops at the same step.
+    target_accuracy: float = Field(default=0.95, gt=0, le=1)
+    check_every: int = Field(default=50, ge=1)
+    verify: bool = True  # train the Yes/No/Unknown lines (entroflow/unlearn/world.py)
+    verify_weight: float = Field(default=0.3, ge=0)  # share of batch documents drawn from them
+
+
+class UnlearnDefaultsCfg(Strict):
+    steps: int = Field(default=30, ge=1)
+    lr: float = Field(default=3.0e-4, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+
+
+class UnlearnEvalCfg(Strict):
+    batch_size: int = Field(default=256, ge=1)
+    max_depth: int = Field(default=3, ge=1, le=5)  # rule steps the judge chains
+    hops: int = Field(default=2, ge=1)  # radius of the supporting subgraph
+
+
+class LLMJudgeCfg(Strict):
+    """An OpenAI-compatible chat endpoint (e.g. a local ``vllm serve``) that scores the same cases as
+    the rule judge on the paper's 0-5 scale; off unless configured."""
+
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None  # the name of the environment variable holding the key
+    max_cases: int = Field(default=20, ge=1)
+    timeout_s: float = Field(default=60, gt=0)
+
+
+class UnlearningCfg(Strict):
+    """The unlearning flow (flows/unlearning.py): a fictitious graph, a fine-tuned base and a gold
+    retain model per seed, each method setting of ``methods`` unlearns the forget set, every model
+    is evaluated for direct and implicit (inferable) recall (entroflow/unlearn/)."""
+
+    seeds: list[int] = Field(default=[0], min_length=1)
+    graph: KGGraphCfg = KGGraphCfg()
+    forget: ForgetCfg = ForgetCfg()
+    holdout_fraction: float = 0.1
+    closure: Literal["none", "support", "consequences"] = "none"
+    wrong_answers: int = Field(default=4, ge=1)
+    finetune: FinetuneKGCfg = FinetuneKGCfg()
+    unlearn: UnlearnDefaultsCfg = UnlearnDefaultsCfg()
+    # One entry per method: ``{method: npo, lr: [1e-4, 3e-4], beta: 0.1}``; a list is a sweep (the
+    # grid of all lists), each point one cached unlearn stage. steps / lr / batch_size default to
+    # ``unlearn``, the method's own hyper-parameters to OpenUnlearning's defaults.
+    methods: list[dict] = Field(min_length=1)
+    evaluate: UnlearnEvalCfg = UnlearnEvalCfg()
+    llm_judge: LLMJudgeCfg | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: must be distinct")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction: must be in (0, 1), got {self.holdout_fraction}")
+        if self.forget.kind == "entity":
+            n = round(self.forget.fraction * self.graph.n_persons)
+            if n < 1:
+                raise ValueError(f"forget.fraction: {self.forget.fraction} of {self.graph.n_persons} persons "
+                                 "forgets nobody (an empty forget set)")
+        if (round(self.holdout_fraction * self.graph.n_persons)
+                + (round(self.forget.fraction * self.graph.n_persons) if self.forget.kind == "entity" else 1)
+                >= self.graph.n_persons):
+            raise ValueError("holdout_fraction: holdout and forget leave no retained person")
+        names = [s["name"] for s in self.settings()]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"methods: settings {dup} appear twice")
+        return self
+
+    def settings(self) -> list[dict]:
+        """Every point of every method's sweep: ``{name, method, steps, lr, batch_size, hp}`` with a
+        name such as ``npo`` or ``npo,lr=0.0001`` (the swept values)."""
+        import itertools
+
+        out = []
+        for i, entry in enumerate(self.methods):
+            if not isinstance(entry, dict) or "method" not in entry:
+                raise ValueError(f"methods[{i}]: each entry needs 'method' (one of {', '.join(UNLEARN_METHODS)})")
+            method = entry["method"]
+            if method not in UNLEARN_METHODS:
+                raise ValueError(f"methods[{i}].method: unknown unlearning method {method!r} "
+                                 f"(known: {', '.join(UNLEARN_METHODS)})")
+            allowed = ("steps", "lr", "batch_size", *UNLEARN_HPARAMS[method])
+            extra = [k for k in entry if k not in ("method", *allowed)]
+            if extra:
+                raise ValueError(f"methods[{i}].{extra[0]}: not a hyper-parameter of {method} "
+                                 f"(known: {', '.join(allowed)})")
+            swept = {k: v for k, v in entry.items() if isinstance(v, list)}
+            for k, v in entry.items():
+                vals = v if isinstance(v, list) else [v]
+                if k != "method" and (not vals or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                      and not (k == "layer" and x is None) for x in vals)):
+                    raise ValueError(f"methods[{i}].{k}: must be a number or a list of numbers, got {v!r}")
+            for k in ("steps", "batch_size"):
+                for x in (entry[k] if isinstance(entry.get(k), list) else [entry.get(k, 1)]):
+                    if int(x) != x or x < 1:
+                        raise ValueError(f"methods[{i}].{k}: must be a positive integer, got {x!r}")
+            for x in (entry["lr"] if isinstance(entry.get("lr"), list) else [entry.get("lr", 1.0)]):
+                if x <= 0:
+                    raise ValueError(f"methods[{i}].lr: must be > 0, got {x!r}")
+            for point in itertools.product(*swept.values()):
+                chosen = {**entry, **dict(zip(swept, point))}
+                name = method + "".join(f",{k}={v:g}" for k, v in zip(swept, point))
+                out.append({"name": name, "method": method,
+                            "steps": int(chosen.get("steps", self.unlearn.steps)),
+                            "lr": float(chosen.get("lr", self.unlearn.lr)),
+                            "batch_size": int(chosen.get("batch_size", self.unlearn.batch_size)),
+                            "hp": {k: chosen[k] for k in UNLEARN_HPARAMS[method] if k in chosen}})
+        return out
+
+    def model_names(self) -> list[str]:
+        """The evaluated models of one seed: the two bounds, then every method setting."""
+        return ["noop", "retrain", *(s["name"] for s in self.settings())]
+
+
 class PipelineConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: str = "entroflow"
@@ -524,6 +686,7 @@ class PipelineConfig(Strict):
     rl: RLCfg | None = None
     watermark: WatermarkCfg | None = None
     ood: OODCfg | None = None
+    unlearning: UnlearningCfg | None = None
 
     def notes(self) -> list[str]:
         """Settings that are valid but have no effect in this run (printed, not errors)."""
@@ -562,7 +725,13 @@ class PipelineConfig(Strict):
             for name in self.ood_models():
                 out += [f"ood_features[{name}]", f"ood_detect[{name}]"]
             out.append("ood_compare")
-        if self.rl is not None or self.watermark is not None or self.ood is not None:
+        if self.unlearning is not None:
+            for s in self.unlearning.seeds:
+                out += [f"unlearn_data[s{s}]", f"finetune_kg[base,s{s}]", f"finetune_kg[retain,s{s}]"]
+                out += [f"unlearn[{x['name']},s{s}]" for x in self.unlearning.settings()]
+                out += [f"unlearn_evaluate[{n},s{s}]" for n in self.unlearning.model_names()]
+            out.append("unlearn_compare")
+        if self.rl is not None or self.watermark is not None or self.ood is not None or self.unlearning is not None:
             out.append("claims")
         return out
 
@@ -696,7 +865,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             got = err.get("input")
             got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
             text = err["msg"].removeprefix("Value error, ")
-            sub = re.match(r"^([\w.]+): (.*)$", text)
+            sub = re.match(r"^([\w.\[\]]+): (.*)$", text)
             if err["type"] == "value_error" and sub:  # a validator that names a nested key
                 loc, text, got_s = f"{loc}.{sub.group(1)}" if loc else sub.group(1), sub.group(2), ""
             msg = f"{src}: {loc or 'config'}: {text}{got_s}"

@@ -1,8 +1,9 @@
 """The spine DAG: generate_data -> build_tokenizer -> pretrain_base -> rollout -> evaluate -> report
 (for a pretrained model, ``import_model`` takes the place of build_tokenizer and pretrain_base),
 followed by the flows whose sections the config has: the ``reasoning`` RL comparison
-(flows/reasoning.py, ``rl``), the ``watermark`` flow (flows/watermark.py) and the ``ood`` flow
-(flows/ood.py, over every model the others trained), then the run's one claims table.
+(flows/reasoning.py, ``rl``), the ``watermark`` flow (flows/watermark.py), the ``ood`` flow
+(flows/ood.py, over every model the others trained) and the ``unlearning`` flow
+(flows/unlearning.py), then the run's one claims table.
 
 Each node names its stage, the config sections that stage's cache key covers, and its parents
 (``{name the stage reads them by: upstream stage}``). A stage whose verified output already
@@ -164,6 +165,11 @@ def plan(cfg: PipelineConfig, force: list[str] = ()) -> list[dict]:
         from flows.ood import run_ood
 
         flows.append(("ood (ood_features, ood_detect, ood_compare)", run_ood))
+    if cfg.unlearning is not None:
+        from flows.unlearning import run_unlearning
+
+        flows.append(("unlearning (unlearn_data, finetune_kg, unlearn, unlearn_evaluate, unlearn_compare)",
+                      run_unlearning))
     if flows and (refs.get("generate_data") is None or refs.get(cfg.base_stage()) is None):
         for what, _ in flows:
             rows.append({"stage": what, "after": cfg.base_stage(), "status": "pending", "key": "?",
@@ -368,13 +374,17 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
             from flows.ood import run_ood
 
             out.update(run_ood(runner, cfg, refs))
+        if cfg.unlearning is not None:
+            from flows.unlearning import run_unlearning
+
+            out.update(run_unlearning(runner, cfg, refs))
         run_claims(runner, cfg)
         status = "FINISHED"
     finally:
         summary = {}
         if "evaluate" in refs:
             summary = {k: v for k, v in store.manifest(refs["evaluate"])["metrics"].items() if "/" not in k}
-        for k in ("comparison_metrics", "watermark_metrics", "ood_metrics"):
+        for k in ("comparison_metrics", "watermark_metrics", "ood_metrics", "unlearning_metrics"):
             summary.update(out.get(k, {}))
         summary.update({f"seconds/{k}": v["seconds"] for k, v in runner.results.items()})
         summary["stages_cached"] = sum(v["state"] == "Cached" for v in runner.results.values())
@@ -383,12 +393,13 @@ def pipeline(config_path: str, overrides: list[str] | None = None, force: list[s
     reports = [("", refs.get("report")), ("", runner.results.get("claims", {}).get("ref")),
                ("reasoning", runner.results.get("compare", {}).get("ref")),
                ("watermark", runner.results.get("watermark_compare", {}).get("ref")),
-               ("ood", runner.results.get("ood_compare", {}).get("ref"))]
+               ("ood", runner.results.get("ood_compare", {}).get("ref")),
+               ("unlearning", runner.results.get("unlearn_compare", {}).get("ref"))]
     published = _publish(store, [(k, v) for k, v in reports if v], workspace.home() / "reports" / cfg.name,
                          f"{time.strftime('%Y%m%d-%H%M%S')}-{flow_run.get_name() or 'local'}")
     for name, key in (("report.md", "report_path"), ("claims.md", "claims_path"),
                       ("comparison.md", "comparison_path"), ("watermark.md", "watermark_path"),
-                      ("ood.md", "ood_path")):
+                      ("ood.md", "ood_path"), ("unlearning.md", "unlearning_path")):
         if name in published:
             out[key] = str(published[name])
     return {**runner.results, **out, "mlflow_parent_run_id": parent}
@@ -417,7 +428,7 @@ def _override_without_key(item: str) -> str:
 def run_claims(runner, cfg: PipelineConfig) -> None:
     """The run's one claims table, from each flow's compare stage that ran (entroflow/claims.py)."""
     ran = [(flow, label) for flow, label in (("reasoning", "compare"), ("watermark", "watermark_compare"),
-                                             ("ood", "ood_compare"))
+                                             ("ood", "ood_compare"), ("unlearning", "unlearn_compare"))
            if label in runner.results]
     if ran:
         from tasks.claims import claims

@@ -1,1 +1,2 @@
-"""Knowledge-graph unlearning: splits of the graph, unlearning objectives and the inferability judge."""
+"""Knowledge-graph unlearning: the unlearning world and its splits, fine-tuning and unlearning
+(objectives in losses.py), probes and metrics, the inferability judge, the comparison."""

@@ -309,6 +309,18 @@ def mia_mink_plus_plus(token_logps, vocab_logps, mask, k: float = 0.4) -> np.nda
     safe = np.where(p > 0, lv, 0.0)  # 0 * log 0 = 0
     mu = (p * safe).sum(axis=-1)
     sigma = np.sqrt(np.maximum((p * safe**2).sum(axis=-1) - mu**2, 0.0))
+    return mink_plus_plus_from_stats(v, mu, sigma, m, k)
+
+
+def mink_plus_plus_from_stats(token_logps, mu, sigma, mask, k: float = 0.4) -> np.ndarray:
+    """Min-K%++ from the per-position ``mu_t`` and ``sigma_t`` of :func:`mia_mink_plus_plus`, [B]:
+    what an evaluation pass that already reduced the vocabulary (and so never holds [B, T, V])
+    passes in."""
+    _check_k(k)
+    v, m = _pair(token_logps, mask, "token_logps", "mask")
+    mu, sigma = _arr(mu), _arr(sigma)
+    if mu.shape != v.shape or sigma.shape != v.shape:
+        raise ValueError(f"mu and sigma must have the shape {v.shape} of token_logps, got {mu.shape}, {sigma.shape}")
     if np.any(m & (sigma == 0)):
         raise ValueError("vocab_logps has a one-hot answer position: sigma = 0, Min-K%++ is undefined")
     z = np.where(m, (v - mu) / np.where(sigma > 0, sigma, 1.0), 0.0)
