@@ -23,7 +23,11 @@ from tasks._stage import StageOutput, stage
 def _llm_judge(out: StageOutput, cfg: dict, per: pa.Table, inf: pa.Table) -> dict:
     from entroflow.unlearn import llm_judge
 
-    key = os.environ.get(cfg["api_key_env"]) if cfg.get("api_key_env") else None
+    key = None
+    if cfg.get("api_key_env"):
+        key = os.environ.get(cfg["api_key_env"])
+        if not key:
+            raise ValueError(f"unlearning.llm_judge.api_key_env: environment variable {cfg['api_key_env']} is not set")
     client = llm_judge.LLMJudge(cfg["base_url"], cfg["model"], api_key=key, timeout_s=cfg["timeout_s"])
     client.check()
     conf = {(r["head"], r["relation"], r["tail"]): r["p_mean"] for r in per.to_pylist()}

@@ -160,3 +160,14 @@ def test_the_evaluation_stage_asks_the_endpoint(server, tmp_path):
     assert "(Kaloru, born_in, Bemita) entropy 0.10" in user and "entropy 0.25" in user
     assert (tmp_path / "llm_judge.parquet").exists()
     assert llm_judge.INFERABLE_AT == 3
+
+
+def test_a_missing_key_variable_is_a_clear_error(tmp_path, monkeypatch):
+    from tasks._stage import StageOutput
+    from tasks.unlearn_evaluate import _llm_judge
+
+    monkeypatch.delenv("ENTROFLOW_TEST_JUDGE_KEY", raising=False)
+    cfg = {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "ENTROFLOW_TEST_JUDGE_KEY",
+           "max_cases": 1, "timeout_s": 1}
+    with pytest.raises(ValueError, match="environment variable ENTROFLOW_TEST_JUDGE_KEY is not set"):
+        _llm_judge(StageOutput(tmp_path, tmp_path / "w"), cfg, pa.table({"head": []}), pa.table({"head": []}))
