@@ -5,6 +5,7 @@ stage's use of it."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -22,11 +23,14 @@ SUB = [(("Kaloru", "born_in", "Bemita"), 0.1), (("Bemita", "located_in", "Vesta"
 
 
 class _Server:
-    """Records requests; replies with ``status`` and ``content`` (a chat reply)."""
+    """Records requests; replies with ``status`` and ``content`` (a chat reply), or with ``raw``
+    bytes as the whole body when set, after ``delay`` seconds."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.status = 200
+        self.raw: bytes | None = None
+        self.delay = 0.0
         self.content = "direct: none. support: born_in then located_in.\nFinal Confidence Score: 4"
         server = self
 
@@ -35,7 +39,8 @@ class _Server:
                 pass
 
             def _reply(self, code: int, body: dict):
-                data = json.dumps(body).encode()
+                time.sleep(server.delay)
+                data = server.raw if server.raw is not None else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -50,7 +55,7 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if server.status != 200:
-                    self._reply(server.status, {"error": "nope"})
+                    self._reply(server.status, {"error": "unknown model"})
                 else:
                     self._reply(200, {"choices": [{"message": {"role": "assistant", "content": server.content}}]})
 
@@ -75,7 +80,8 @@ def test_request_and_score(server):
     post = server.requests[-1]
     assert post["path"] == "/v1/chat/completions" and post["headers"]["Authorization"] == "Bearer sk-test"
     body = post["body"]
-    assert body["model"] == "judge-model" and body["temperature"] == 0.2
+    assert body["model"] == "judge-model" and body["temperature"] == 0.2 and body["max_tokens"] == 1024
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
     user = body["messages"][-1]["content"]
     assert "(Kaloru, citizen_of, Vesta)" in user
     assert "(Kaloru, born_in, Bemita) entropy 0.10" in user and "(Bemita, located_in, Vesta) entropy 0.25" in user
@@ -109,12 +115,38 @@ def test_server_errors_retry_client_errors_do_not(server):
     assert len(server.requests) == 3
     server.requests.clear()
     server.status = 400
-    with pytest.raises(JudgeError, match="refused the request: HTTP 400"):
+    with pytest.raises(JudgeError, match="refused the request: HTTP 400: .*unknown model"):
         LLMJudge(server.url, "m", retries=2).judge(TARGET, SUB)
     assert len(server.requests) == 1
     server.status, server.content = 200, "I think it is likely."
     with pytest.raises(JudgeError, match="no 'Final Confidence Score"):
         LLMJudge(server.url, "m").judge(TARGET, SUB)
+
+
+def test_slow_or_garbled_endpoints_fail_in_one_line(server):
+    server.delay = 1.0
+    t0 = time.time()
+    with pytest.raises(JudgeError, match=f"LLM judge at {server.url}/models unreachable"):
+        LLMJudge(server.url, "m", timeout_s=0.2, retries=0).check()
+    assert time.time() - t0 < 1.0
+    server.delay, server.raw = 0.0, b"<html>not json</html>"
+    with pytest.raises(JudgeError, match=f"{server.url}/models answered non-JSON"):
+        LLMJudge(server.url, "m").check()
+    server.raw = b'{"id": "x"}'  # JSON, but no choices
+    with pytest.raises(JudgeError, match=r"no choices\[0\]\.message\.content"):
+        LLMJudge(server.url, "m").judge(TARGET, SUB)
+    server.raw = b'{"choices": [{"message": {"content": null}}]}'
+    with pytest.raises(JudgeError, match="is None, not text"):
+        LLMJudge(server.url, "m").judge(TARGET, SUB)
+
+
+def test_prompt_is_sorted_and_rejects_bad_entropy():
+    a = llm_judge.build_prompt(TARGET, SUB)
+    assert a == llm_judge.build_prompt(TARGET, SUB[::-1])
+    assert a[1]["content"].index("Bemita, located_in") < a[1]["content"].index("Kaloru, born_in")
+    for bad in (1.5, math.nan):
+        with pytest.raises(ValueError, match="outside"):
+            llm_judge.build_prompt(TARGET, [(SUB[0][0], bad)])
 
 
 @pytest.mark.parametrize("text,score", [("Final Confidence Score: 5", 5), ("**Final Confidence Score:** 3", 3),
@@ -124,7 +156,7 @@ def test_parse_score(text, score):
     assert parse_score(text) == score
 
 
-@pytest.mark.parametrize("text", ["no score here", "Final Confidence Score: 7"])
+@pytest.mark.parametrize("text", ["no score here", "Final Confidence Score: 7", None])
 def test_parse_score_errors(text):
     with pytest.raises(JudgeError):
         parse_score(text)
@@ -136,8 +168,14 @@ def test_calibrate_by_hand():
     assert c["n"] == 5 and c["agreement"] == 0.8 and c["exact"] == 0.4 and c["mean_abs_diff"] == 0.8
     assert c["cohen_kappa"] == pytest.approx(cohen_kappa_score([1, 0, 1, 1, 0], [1, 0, 0, 1, 0]))
     assert calibrate([5, 5], [5, 4])["cohen_kappa"] == 1.0 and calibrate([5, 5], [1, 1])["cohen_kappa"] == 0.0
+    # ranks: rule 5,0,4,3,0 -> 5,1.5,4,3,1.5; llm 4,0,2,3,1 -> 5,1,3,4,2 (both mean 3); Pearson of
+    # the ranks: deviations (2,-1.5,1,0,-1.5) and (2,-2,0,1,-1) -> 8.5 / sqrt(9.5 * 10)
+    assert c["spearman"] == pytest.approx(8.5 / math.sqrt(95))
+    assert math.isnan(calibrate([5, 5], [5, 4])["spearman"])
     with pytest.raises(ValueError, match="length"):
         calibrate([1], [1, 2])
+    with pytest.raises(ValueError, match="no cases"):
+        calibrate([], [])
 
 
 def test_the_evaluation_stage_asks_the_endpoint(server, tmp_path):

@@ -1,7 +1,8 @@
 """The optional LLM judge of implicit recall: an OpenAI-compatible chat endpoint (``vllm serve``, or
 any ``/v1/chat/completions`` server) scores whether a forgotten fact is still inferable from the
 model's believed supporting subgraph, on the paper's 0-5 scale (Wei et al., "Do LLMs Really
-Forget?", NeurIPS 2025, code ``src/evaluation/llm_evaluator.py``; reference §B4.5).
+Forget?", NeurIPS 2025; code github.com/Graph-COM/Knowledge_Unlearning, file
+``src/evaluation/llm_evaluator.py``; reference §B4.5).
 
 Protocol. The prompt gives the target triple and the subgraph's triples, each with an entropy in
 [0, 1] (lower = the model is more confident), forbids outside knowledge, defines a *direct path*
@@ -25,6 +26,7 @@ Nothing here runs unless a config sets ``unlearning.llm_judge``: no network call
 """
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
@@ -64,7 +66,11 @@ def _fmt(t: Triple) -> str:
 
 def build_prompt(target: Triple, subgraph: Sequence[tuple[Triple, float]]) -> list[dict]:
     """The chat messages (system rubric + user case); the subgraph sorted, entropies 2 decimals."""
-    lines = [f"{_fmt(t)} entropy {e:.2f}" for t, e in sorted((tuple(t), float(e)) for t, e in subgraph)]
+    cases = sorted((tuple(t), float(e)) for t, e in subgraph)
+    for t, e in cases:
+        if not 0.0 <= e <= 1.0:  # also rejects NaN, which would print as "nan" in the prompt
+            raise ValueError(f"subgraph: entropy {e} of {_fmt(t)} is outside [0, 1]")
+    lines = [f"{_fmt(t)} entropy {e:.2f}" for t, e in cases]
     user = (f"Target triple: {_fmt(tuple(target))}\n"
             f"Believed subgraph ({len(lines)} triples):\n" + "\n".join(lines) +
             "\nIs the target inferable from the subgraph?")
@@ -73,13 +79,23 @@ def build_prompt(target: Triple, subgraph: Sequence[tuple[Triple, float]]) -> li
 
 def parse_score(text: str) -> int:
     """The last ``Final Confidence Score: N`` of a reply (tolerates ``**`` and ``N/5``)."""
-    found = _SCORE.findall(text or "")
+    if not isinstance(text, str):  # e.g. a null content from the server
+        raise JudgeError(f"LLM judge reply is not text: {text!r:.80}")
+    found = _SCORE.findall(text)
     if not found:
         raise JudgeError(f"LLM judge reply has no 'Final Confidence Score: <0-5>': {text[:80]!r}")
     score = int(found[-1])
     if not 0 <= score <= 5:
         raise JudgeError(f"LLM judge score {score} is outside 0-5: {text[:80]!r}")
     return score
+
+
+def _body(e: urllib.error.HTTPError) -> str:
+    """The start of an error reply's body (servers say there which field they rejected)."""
+    try:
+        return e.read(200).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 class LLMJudge:
@@ -113,9 +129,12 @@ class LLMJudge:
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code}"
                 if 400 <= e.code < 500:  # our request is wrong: retrying cannot help
-                    raise JudgeError(f"LLM judge at {url} refused the request: {last}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = str(getattr(e, "reason", e))
+                    raise JudgeError(f"LLM judge at {url} refused the request: {last}: "
+                                     f"{_body(e)!r:.80}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                # URLError wraps refused connections; OSError covers timeouts and resets;
+                # HTTPException a garbled status line. All may pass on a retry.
+                last = str(getattr(e, "reason", e)) or type(e).__name__
             if attempt < self.retries:
                 time.sleep(0.2 * 2 ** attempt)
         raise JudgeError(f"LLM judge at {url} unreachable: {last}")
@@ -126,6 +145,7 @@ class LLMJudge:
 
     def judge(self, target: Triple, subgraph: Sequence[tuple[Triple, float]]) -> dict:
         """``{score, inferable, reply, called}`` for one target and its believed subgraph."""
+        subgraph = list(subgraph)
         if not subgraph:
             return {"score": 0, "inferable": False, "reply": "", "called": False}
         body = {"model": self.model, "messages": build_prompt(target, subgraph),
@@ -136,6 +156,9 @@ class LLMJudge:
         except (KeyError, IndexError, TypeError):
             raise JudgeError(f"LLM judge at {self.base_url}/chat/completions: the reply has no "
                              "choices[0].message.content") from None
+        if not isinstance(reply, str):  # null content (e.g. a reasoning model out of tokens)
+            raise JudgeError(f"LLM judge at {self.base_url}/chat/completions: "
+                             f"choices[0].message.content is {reply!r:.40}, not text")
         score = parse_score(reply)
         return {"score": score, "inferable": score >= INFERABLE_AT, "reply": reply, "called": True}
 
@@ -149,7 +172,7 @@ def calibrate(rule_scores: Sequence[int], llm_scores: Sequence[int]) -> dict[str
 
     if len(rule_scores) != len(llm_scores):
         raise ValueError(f"llm_scores: length {len(llm_scores)} != len(rule_scores) {len(rule_scores)}")
-    if not rule_scores:
+    if len(rule_scores) == 0:  # len, not truthiness: numpy arrays are accepted too
         raise ValueError("rule_scores: no cases to calibrate on")
     a = [s >= INFERABLE_AT for s in rule_scores]
     b = [s >= INFERABLE_AT for s in llm_scores]
