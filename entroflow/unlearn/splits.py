@@ -30,18 +30,19 @@ from entroflow.data import kg
 SPLITS = ("forget", "retain_local", "retain_global", "world", "holdout")
 
 
-def entity_splits(tables: dict[str, pa.Table], forget_frac: float, holdout_frac: float,
+def entity_splits(tables: dict[str, pa.Table], forget_frac: float | None, holdout_frac: float,
                   seed: int) -> dict[str, set[str]]:
     """Disjoint sets of triple ids, one per name in :data:`SPLITS`, covering every triple (see the
-    module docstring)."""
+    module docstring). ``forget_frac=None`` forgets nobody (the holdout alone, which does not
+    depend on the forget fraction: it is drawn first)."""
     for name, frac in (("forget_frac", forget_frac), ("holdout_frac", holdout_frac)):
-        if not 0 < frac < 1:
+        if frac is not None and not 0 < frac < 1:
             raise ValueError(f"{name}: must be in (0, 1), got {frac}")
     persons = sorted(e["entity"] for e in tables["entities"].to_pylist() if e["type"] == "Person")
     rng = random.Random(f"{seed}/unlearn/entities")
     rng.shuffle(persons)
     n_hold = max(1, round(holdout_frac * len(persons)))
-    n_forget = max(1, round(forget_frac * len(persons)))
+    n_forget = 0 if forget_frac is None else max(1, round(forget_frac * len(persons)))
     if n_hold + n_forget >= len(persons):
         raise ValueError(f"forget_frac + holdout_frac leave no retained person ({len(persons)} persons)")
     held, forgotten = set(persons[:n_hold]), set(persons[n_hold:n_hold + n_forget])
@@ -69,7 +70,7 @@ def entity_splits(tables: dict[str, pa.Table], forget_frac: float, holdout_frac:
             out["retain_local"].add(tid)
         else:
             out["retain_global"].add(tid)
-    if not out["forget"]:
+    if forget_frac is not None and not out["forget"]:
         raise ValueError("forget set is empty: the forgotten persons have no facts")
     return out
 

@@ -123,11 +123,8 @@ def make_splits(tables: dict[str, pa.Table], forget_kind: str, fraction: float, 
         raise ValueError(f"closure: must be one of {CLOSURES}, got {closure!r}")
     triples = tables["triples"].to_pylist()
     key = _keys(tables)
-    # Holdout persons (and, for the entity kind, forgotten persons) as entity_splits draws them;
-    # it takes the holdout first from its shuffled persons, so the holdout does not depend on the
-    # forget fraction (the triples kind passes the smallest one and ignores its forget set).
-    ent = splits.entity_splits(tables, fraction if forget_kind == "entity" else 0.5 / max(1, len(key)),
-                               holdout_fraction, seed)
+    # Holdout persons (and, for the entity kind, forgotten persons) as entity_splits draws them.
+    ent = splits.entity_splits(tables, fraction if forget_kind == "entity" else None, holdout_fraction, seed)
     holdout = ent["holdout"]
     trained = set(key) - holdout
     role: dict[str, str] = {}
