@@ -66,7 +66,9 @@ def finetune_kg(out: StageOutput, config: dict, parents: dict[str, Path]) -> Non
     model.save_pretrained(str(out.dir / "model"))
     tokenizer.save_pretrained(str(out.dir / "model"))
     tail = history[-min(20, len(history)):]
-    out.log(fact_accuracy=trainer.fact_accuracy(model, tokenizer, check),
+    # The stopping check already measured the final model when it stopped training.
+    last = history[-1].get("fact_accuracy") if history else None
+    out.log(fact_accuracy=last if last is not None else trainer.fact_accuracy(model, tokenizer, check),
             forget_recall=trainer.fact_accuracy(model, tokenizer, forget_check),
             steps_trained=len(history), trained_triples=len(include), documents=sum(len(v) for v in docs.values()),
             final_loss=sum(h["loss"] for h in tail) / len(tail), train_seconds=sum(h["seconds"] for h in history))

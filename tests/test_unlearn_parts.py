@@ -272,3 +272,16 @@ def test_pareto_front_and_claims():
     assert cl["instance-level evaluation overestimates forgetting (a)"]["verdict"] == "holds"
     assert cl["instance-level evaluation overestimates forgetting (b)"]["verdict"] == "does not hold"
     assert "gold retain model's own gap 0.06" in cl["instance-level evaluation overestimates forgetting (a)"]["evidence"]
+
+
+def test_the_config_names_the_methods_and_modes_the_core_has():
+    """entroflow/config.py keeps its own copies (it must not import torch); they must agree."""
+    import typing
+
+    from entroflow import config
+
+    assert config.UNLEARN_METHODS == losses.METHODS
+    assert {m: set(v) for m, v in config.UNLEARN_HPARAMS.items()} == \
+        {m: set(v) for m, v in trainer.METHOD_DEFAULTS.items()}
+    assert typing.get_args(config.ForgetCfg.model_fields["kind"].annotation) == world.FORGET_KINDS
+    assert typing.get_args(config.UnlearningCfg.model_fields["closure"].annotation) == world.CLOSURES

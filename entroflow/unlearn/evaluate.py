@@ -93,12 +93,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
     out: list[dict] = [{}] * len(spans)
     for lo in range(0, len(order), batch_size):
         idx = order[lo:lo + batch_size]
-        n = max(len(spans[i][0]) for i in idx)
-        ids = torch.full((len(idx), n), pad, dtype=torch.long)
-        attn = torch.zeros((len(idx), n), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, :len(spans[i][0])] = torch.tensor(spans[i][0])
-            attn[j, :len(spans[i][0])] = 1
+        ids, attn = probes.pad_rows([spans[i][0] for i in idx], pad)
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
         tgt = ids[:, 1:].to(device)

@@ -100,6 +100,18 @@ def answer_span(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     return f_ids, start
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Right-padded ``[B, max len]`` token ids and their attention mask (the batching every probe,
+    the evaluation pass and the unlearning loop share)."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        attn[i, :len(r)] = 1
+    return ids, attn
+
+
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -131,12 +143,7 @@ def answer_token_logps(model, tokenizer, prompts: Sequence[str], answers: Sequen
     try:
         for lo in range(0, len(spans), batch_size):
             chunk = spans[lo:lo + batch_size]
-            n = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-            attn = torch.zeros((len(chunk), n), dtype=torch.long)
-            for i, (row, _) in enumerate(chunk):
-                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-                attn[i, :len(row)] = 1
+            ids, attn = pad_rows([row for row, _ in chunk], pad)
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()

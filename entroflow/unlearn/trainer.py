@@ -108,13 +108,9 @@ def _forward(model, spans: list[tuple[list[int], int]], pad: int, layer: int | N
     """Answer-token log-probs [B, T], their mask, and (``layer`` given) that layer's hidden states
     [B, T, d] at the same positions (position t predicts token t + 1)."""
     device = next(model.parameters()).device
-    n = max(len(ids) for ids, _ in spans)
-    ids = torch.full((len(spans), n), pad, dtype=torch.long)
-    attn = torch.zeros((len(spans), n), dtype=torch.long)
-    mask = torch.zeros((len(spans), n - 1), dtype=torch.bool)
+    ids, attn = probes.pad_rows([row for row, _ in spans], pad)
+    mask = torch.zeros((len(spans), ids.shape[1] - 1), dtype=torch.bool)
     for i, (row, start) in enumerate(spans):
-        ids[i, :len(row)] = torch.tensor(row)
-        attn[i, :len(row)] = 1
         mask[i, start - 1:len(row) - 1] = True
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     out = model(input_ids=ids, attention_mask=attn, output_hidden_states=layer is not None)

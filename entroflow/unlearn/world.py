@@ -45,7 +45,6 @@ from entroflow.unlearn import judge, probes, splits
 
 FORGET_KINDS = ("entity", "triples")
 CLOSURES = ("none", "support", "consequences")
-ROLES = ("entity", "target", "control", "support", "consequence")
 # The Yes/No/Unknown query (probes.DEFAULT_YES_NO_TEMPLATE) and its three answers.
 VERIFY_TEMPLATE = probes.DEFAULT_YES_NO_TEMPLATE
 ANSWERS = ("yes", "no", "unknown")
@@ -58,7 +57,7 @@ SPLITS_SCHEMA = pa.schema(
         pa.field("tail", pa.string(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),  # base | derived
         pa.field("split", pa.string(), nullable=False),  # splits.SPLITS
-        pa.field("role", pa.string(), nullable=False),  # ROLES for forget, "" otherwise
+        pa.field("role", pa.string(), nullable=False),  # entity | target | control | support | consequence; "" if kept
         pa.field("wrong", pa.list_(pa.string()), nullable=False),  # wrong objects of the tail's type
     ],
     metadata={"schema_version": "1", "table": "unlearn_splits"},
