@@ -182,8 +182,13 @@ def test_finetune_stops_at_the_target_or_at_the_given_step(tiny, graph):
 def test_score_pairs_matches_the_probe_and_the_span_rule(tiny):
     model, tok, forget, _ = tiny
     pairs = forget[:6] + [(forget[0][0], "Nobody")]
-    spans = evaluate.answer_spans(tok, pairs)
+    spans = probes.answer_spans(tok, pairs)
     assert spans == [probes.answer_span(tok, p, a) for p, a in pairs]
+    # ... and equal to per-string encoding: the full text's ids, the answer after the longest common prefix.
+    for (p, a), (ids, start) in zip(pairs, spans):
+        full, pre = tok.encode(f"{p} {a}"), tok.encode(p)
+        lcp = next((i for i, (x, y) in enumerate(zip(pre, full)) if x != y), min(len(pre), len(full)))
+        assert ids == full and start == lcp
     scored = evaluate.score_pairs(model, tok, pairs, batch_size=3)
     lp, m = probes.answer_token_logps(model, tok, [p for p, _ in pairs], [a for _, a in pairs])
     for i, s in enumerate(scored):

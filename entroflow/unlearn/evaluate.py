@@ -58,34 +58,12 @@ TRAIN_PHRASINGS = 5  # four training statements and the training question per tr
 MINK = 0.4  # TOFU's k for MinK / MinK++
 
 
-def answer_spans(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    """:func:`probes.answer_span` of every pair, with one batched tokenizer call over the distinct
-    prompts and one over the full texts (the evaluation repeats each prompt once per candidate,
-    and per-string encoding was a third of its time)."""
-    prompts = sorted({p for p, _ in pairs})
-    fulls = sorted({f"{p} {a}" for p, a in pairs})
-    p_ids = dict(zip(prompts, tokenizer(prompts)["input_ids"])) if prompts else {}
-    f_ids = dict(zip(fulls, tokenizer(fulls)["input_ids"])) if fulls else {}
-    out = []
-    for p, a in pairs:
-        if not a.strip():
-            raise ValueError(f"answers: empty answer after prompt {p!r}")
-        pi, fi = p_ids[p], f_ids[f"{p} {a}"]
-        start = 0
-        while start < min(len(pi), len(fi)) and pi[start] == fi[start]:
-            start += 1
-        if start >= len(fi) or start == 0:
-            raise ValueError(f"answers: {a!r} does not extend prompt {p!r} by a token")
-        out.append((list(fi), start))
-    return out
-
-
 @torch.no_grad()
 def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 256) -> list[dict]:
     """Per (prompt, answer) pair: ``logps`` (answer tokens' log-probs), ``correct`` (teacher-forced
     argmax equals the token), ``mu``/``var`` (mean and variance of log pi over the vocabulary at
     each answer position, for MinK++). Pairs are batched by length; one forward per batch."""
-    spans = answer_spans(tokenizer, pairs)
+    spans = probes.answer_spans(tokenizer, pairs)
     order = sorted(range(len(spans)), key=lambda i: len(spans[i][0]))
     pad = probes._pad_id(tokenizer)
     device = next(model.parameters()).device

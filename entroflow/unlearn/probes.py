@@ -68,8 +68,14 @@ ENTROPY_THRESHOLD = 1.0  # the paper's config (entropy_threshold)
 # tokenisation and teacher-forced log-probs
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.encode(text))
+def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text: one batched call for a Hugging Face tokenizer (callable), else
+    ``encode`` per text (any object with the ``encode`` method)."""
+    if not texts:
+        return []
+    if callable(tokenizer):
+        return [list(x) for x in tokenizer(texts)["input_ids"]]
+    return [list(tokenizer.encode(t)) for t in texts]
 
 
 def _pad_id(tokenizer) -> int:
@@ -84,20 +90,32 @@ def answer_span(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     common prefix), so a token merged across the boundary belongs to the answer. Raises ValueError
     when the answer adds no token.
     """
-    if not answer.strip():
-        raise ValueError(f"answers: empty answer after prompt {prompt!r}")
-    p_ids = _encode(tokenizer, prompt)
-    f_ids = _encode(tokenizer, prompt + " " + answer)
-    start = 0
-    for a, b in zip(p_ids, f_ids):
-        if a != b:
-            break
-        start += 1
-    if start >= len(f_ids):
-        raise ValueError(f"answers: {answer!r} adds no token after prompt {prompt!r}")
-    if start == 0:
-        raise ValueError(f"prompts: {prompt!r} shares no leading token (e.g. <bos>) with its full text")
-    return f_ids, start
+    return answer_spans(tokenizer, [(prompt, answer)])[0]
+
+
+def answer_spans(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """:func:`answer_span` of every pair, with one batched tokenizer call over the distinct prompts
+    and one over the distinct full texts (the evaluation repeats each prompt once per candidate,
+    and per-string encoding was a third of its time)."""
+    for p, a in pairs:
+        if not a.strip():
+            raise ValueError(f"answers: empty answer after prompt {p!r}")
+    prompts = sorted({p for p, _ in pairs})
+    fulls = sorted({f"{p} {a}" for p, a in pairs})
+    p_ids = dict(zip(prompts, _encode_all(tokenizer, prompts)))
+    f_ids = dict(zip(fulls, _encode_all(tokenizer, fulls)))
+    out = []
+    for p, a in pairs:
+        pi, fi = p_ids[p], list(f_ids[f"{p} {a}"])
+        start = 0
+        while start < min(len(pi), len(fi)) and pi[start] == fi[start]:
+            start += 1
+        if start >= len(fi):
+            raise ValueError(f"answers: {a!r} adds no token after prompt {p!r}")
+        if start == 0:
+            raise ValueError(f"prompts: {p!r} shares no leading token (e.g. <bos>) with its full text")
+        out.append((fi, start))
+    return out
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -132,7 +150,7 @@ def answer_token_logps(model, tokenizer, prompts: Sequence[str], answers: Sequen
         raise ValueError(f"answers: length {len(answers)} != len(prompts) {len(prompts)}")
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    spans = [answer_span(tokenizer, p, a) for p, a in zip(prompts, answers)]
+    spans = answer_spans(tokenizer, list(zip(prompts, answers)))
     T = max(len(ids) for ids, _ in spans) - 1
     pad = _pad_id(tokenizer)
     device = _model_device(model)

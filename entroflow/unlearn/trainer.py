@@ -101,7 +101,7 @@ def fact_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 256)
 
 
 def _spans(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    return [probes.answer_span(tokenizer, p, a) for p, a in pairs]
+    return probes.answer_spans(tokenizer, pairs) if pairs else []
 
 
 def _forward(model, spans: list[tuple[list[int], int]], pad: int, layer: int | None):
